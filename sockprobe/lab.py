@@ -1,0 +1,264 @@
+"""Real loopback fixtures for probes: hosts, deadlines, listeners, pairs, worker threads.
+
+A `Lab` owns every socket and thread a probe creates and releases all of them on exit,
+including on errors and Ctrl-C. Ports are ephemeral (bind to port 0) unless a probe is
+told otherwise, so two runs at once never collide.
+
+Waking a thread blocked in recv()/accept(): close() from another thread does not wake it
+on Linux (the call keeps its reference to the file, and the fd number may be reused by
+the next socket), so the Lab calls shutdown(SHUT_RDWR) first, which does wake it (the
+call returns b'' or fails with EINVAL), then joins the thread, then closes. SIGALRM is no
+alternative: Python delivers signals only to the main thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from sockprobe.status import DeadlineExceeded, UsageError, oserror_text
+
+Address = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Host:
+    """A local address to run experiments on."""
+
+    family: int
+    address: str
+
+    @property
+    def is_v6(self) -> bool:
+        return self.family == socket.AF_INET6
+
+    def sockaddr(self, port: int = 0) -> Address:
+        return (self.address, port)
+
+    @property
+    def wildcard(self) -> str:
+        return "::" if self.is_v6 else "0.0.0.0"
+
+
+def resolve_host(host: str) -> Host:
+    """Turn --host into a Host. A literal address is used as is; a name is resolved once.
+
+    Raises UsageError (exit 2) for a name that does not resolve.
+    """
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise UsageError(f"--host {host!r}: unknown host ({exc})") from None
+        if not infos:
+            raise UsageError(f"--host {host!r}: no address") from None
+        family, _, _, _, sockaddr = infos[0]
+        return Host(family, str(sockaddr[0]))
+    return Host(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))
+
+
+def fmt_addr(addr: Address) -> str:
+    """('127.0.0.1', 80) -> 127.0.0.1:80; ('::1', 80, 0, 0) -> [::1]:80."""
+    if len(addr) >= 4 or ":" in str(addr[0]):
+        return f"[{addr[0]}]:{addr[1]}"
+    return f"{addr[0]}:{addr[1]}"
+
+
+class Deadline:
+    """A hard bound on a whole probe; every blocking call takes its timeout from here."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.end = self.start + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+    def check(self, doing: str) -> None:
+        if self.expired():
+            raise DeadlineExceeded(f"--deadline {self.seconds:g} s ran out while {doing}")
+
+    def timeout(self, cap: float | None = None, doing: str = "waiting") -> float:
+        """Seconds a blocking call may take: the time left, at most `cap`."""
+        self.check(doing)
+        left = self.remaining()
+        return left if cap is None else min(left, cap)
+
+
+@dataclass
+class Worker:
+    """A thread run by the Lab; its exception, if any, is kept for the caller."""
+
+    thread: threading.Thread
+    result: Any = None
+    error: BaseException | None = None
+
+    def join(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+@dataclass
+class Lab:
+    host: Host
+    deadline: Deadline
+    sockets: list[socket.socket] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+        # A socket timeout that was cut short by the deadline is the deadline's doing.
+        if isinstance(exc, TimeoutError) and self.deadline.remaining() < 0.05:
+            raise DeadlineExceeded(
+                f"--deadline {self.deadline.seconds:g} s ran out before the probe finished"
+            ) from exc
+
+    # -- sockets -----------------------------------------------------------------------
+    def open_socket(
+        self, type: int = socket.SOCK_STREAM, family: int | None = None, proto: int = 0
+    ) -> socket.socket:
+        s = socket.socket(self.host.family if family is None else family, type, proto)
+        self.sockets.append(s)
+        return s
+
+    def adopt(self, sock: socket.socket) -> socket.socket:
+        """Track a socket made elsewhere (accept() results)."""
+        self.sockets.append(sock)
+        return sock
+
+    def close(self, sock: socket.socket) -> None:
+        """Close one socket now (e.g. to observe what the peer sees)."""
+        sock.close()
+        if sock in self.sockets:
+            self.sockets.remove(sock)
+
+    def listener(
+        self,
+        backlog: int = 128,
+        configure: Callable[[socket.socket], None] | None = None,
+        port: int = 0,
+        role: str = "listener",
+    ) -> socket.socket:
+        """A TCP listener on the lab host. `configure` runs before bind (socket options
+        such as SO_RCVBUF must be set before listen() to be inherited, socket(7))."""
+        s = self.open_socket()
+        if configure is not None:
+            configure(s)
+        try:
+            s.bind(self.host.sockaddr(port))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot bind {fmt_addr(self.host.sockaddr(port))}: {oserror_text(exc)}"
+            ) from None
+        s.listen(backlog)
+        self.record(role, s)
+        return s
+
+    def tcp_pair(
+        self,
+        configure_client: Callable[[socket.socket], None] | None = None,
+        configure_listener: Callable[[socket.socket], None] | None = None,
+        name: str = "",
+    ) -> tuple[socket.socket, socket.socket]:
+        """A connected (client, server) pair over a fresh listener, which is closed after
+        accept so that only the two ends remain."""
+        lst = self.listener(
+            backlog=1, configure=configure_listener, role=f"{name} listener".strip()
+        )
+        c = self.open_socket()
+        if configure_client is not None:
+            configure_client(c)
+        c.settimeout(self.deadline.timeout(5.0, "connecting"))
+        c.connect(lst.getsockname())
+        lst.settimeout(self.deadline.timeout(5.0, "accepting"))
+        srv, _ = lst.accept()
+        self.adopt(srv)
+        self.close(lst)
+        c.settimeout(None)
+        srv.settimeout(None)
+        self.record(f"{name} client".strip(), c)
+        return c, srv
+
+    def udp_pair(self) -> tuple[socket.socket, socket.socket]:
+        """(sender, receiver): the sender is connected to the receiver's address."""
+        rx = self.open_socket(socket.SOCK_DGRAM)
+        rx.bind(self.host.sockaddr(0))
+        tx = self.open_socket(socket.SOCK_DGRAM)
+        tx.connect(rx.getsockname())
+        self.record("udp receiver", rx)
+        self.record("udp sender", tx)
+        return tx, rx
+
+    def record(self, role: str, sock: socket.socket) -> None:
+        """Note an endpoint in the report so it can be checked against ss or tcpdump."""
+        ep: dict[str, Any] = {"role": role, "local": fmt_addr(sock.getsockname())}
+        try:
+            ep["remote"] = fmt_addr(sock.getpeername())
+        except OSError:
+            pass
+        ep["proto"] = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
+        self.endpoints.append(ep)
+
+    # -- threads -----------------------------------------------------------------------
+    def thread(
+        self, target: Callable[..., Any], *args: Any, name: str = "sockprobe-worker"
+    ) -> Worker:
+        holder: list[Worker] = []
+
+        def body() -> None:
+            w = holder[0]
+            try:
+                w.result = target(*args)
+            except BaseException as exc:  # kept for the caller; the thread must not die loud
+                w.error = exc
+
+        t = threading.Thread(target=body, name=name, daemon=True)
+        w = Worker(t)
+        holder.append(w)
+        self.workers.append(w)
+        t.start()
+        return w
+
+    # -- cleanup -----------------------------------------------------------------------
+    def cleanup(self) -> None:
+        live = [w for w in self.workers if w.thread.is_alive()]
+        if live:
+            # Wake any thread blocked on one of our sockets (see module docstring).
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            for w in live:
+                w.join(2.0)
+        for s in self.sockets:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self.sockets.clear()
+        self.workers = [w for w in self.workers if w.thread.is_alive()]

@@ -1,0 +1,67 @@
+"""Exit codes, the exceptions that carry them, and the one place that maps errors to codes.
+
+Probes raise UsageError for bad parameters and Unsupported when the platform or the
+process's privileges cannot run the experiment; everything else is a bug or an
+environment failure and is reported as such (exit 1 with a one-line message).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    #: `port --check`: a plain bind fails now; `diff`: fingerprints differ;
+    #: `all`: some probe could not run; otherwise an unexpected error.
+    FAILURE = 1
+    USAGE = 2
+    UNSUPPORTED = 3
+    INTERRUPTED = 130
+
+
+class SockprobeError(Exception):
+    """Base class for errors that sockprobe reports as one line."""
+
+    status = ExitStatus.FAILURE
+
+
+class UsageError(SockprobeError):
+    """Bad input: an option out of range, an unknown host, an unreadable file."""
+
+    status = ExitStatus.USAGE
+
+
+class Unsupported(SockprobeError):
+    """The probe cannot run here (platform, privilege)."""
+
+    status = ExitStatus.UNSUPPORTED
+
+
+class DeadlineExceeded(SockprobeError):
+    """The probe's --deadline ran out before it finished."""
+
+    status = ExitStatus.FAILURE
+
+
+def oserror_text(exc: OSError) -> str:
+    """`ECONNREFUSED (Connection refused)`-style text that keeps the errno name."""
+    if exc.errno is None:
+        return str(exc)
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
+    return f"{name} ({os.strerror(exc.errno)})"
+
+
+def classify(exc: BaseException) -> tuple[ExitStatus, str]:
+    """Map any exception to an exit status and a one-line message for stderr."""
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitStatus.INTERRUPTED, "interrupted; every socket and thread was cleaned up"
+    if isinstance(exc, SockprobeError):
+        return exc.status, str(exc)
+    if isinstance(exc, PermissionError):
+        return ExitStatus.UNSUPPORTED, f"not permitted here: {oserror_text(exc)}"
+    if isinstance(exc, OSError):
+        return ExitStatus.FAILURE, f"unexpected socket error: {oserror_text(exc)}"
+    return ExitStatus.FAILURE, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
