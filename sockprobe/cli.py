@@ -71,7 +71,7 @@ def run_probe(
 
     module = load(name)
     params = module.Params(**params_kwargs)
-    report = module.run(params)
+    report: Report = module.run(params)
     _emit(render(report, "json" if json_ else fmt.value, explain=explain))
     return report
 
