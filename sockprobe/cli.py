@@ -126,6 +126,65 @@ def nagle(
     )
 
 
+@app.command("all")
+def all_(
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Print the summary table alone.")
+    ] = False,
+    host: HostOpt = "127.0.0.1",
+    deadline: Annotated[
+        float, typer.Option("--deadline", help="Hard bound on each probe, in seconds.")
+    ] = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Every probe, one summary: the host's socket-behaviour fingerprint (--json)."""
+    from sockprobe.fingerprint import run_all
+    from sockprobe.probes import ProbeParams
+    from sockprobe.render import render_many
+
+    ProbeParams(host=host, deadline=deadline).resolve()  # bad input: exit 2 before running
+    progress = None
+    if sys.stderr.isatty():
+
+        def progress(i: int, n: int, name: str) -> None:
+            sys.stderr.write(f"\r\x1b[K[{i}/{n}] {name}...")
+            sys.stderr.flush()
+
+    try:
+        fp = run_all(host=host, deadline=deadline, progress=progress)
+    finally:
+        if progress is not None:
+            sys.stderr.write("\r\x1b[K")
+    out_fmt = "json" if json_ else fmt.value
+    head = fp.summary_report()
+    reports = [head] if summary else [head, *fp.reports]
+    _emit(render_many(reports, out_fmt, explain=explain, document=fp.to_dict()))
+    if fp.failed:
+        raise typer.Exit(int(ExitStatus.FAILURE))
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(help="First fingerprint (sockprobe all --json > A.json).")],
+    b: Annotated[str, typer.Argument(help="Second fingerprint.")],
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """What differs between two hosts' fingerprints? Exit 0 equal, 1 different."""
+    from sockprobe.diff import run
+    from sockprobe.render import render
+
+    report = run(a, b)
+    _emit(render(report, "json" if json_ else fmt.value, explain=explain))
+    if report.tables[0].rows:
+        raise typer.Exit(int(ExitStatus.FAILURE))
+
+
 # ---- probe commands above this line (one function per command, in DESIGN.md order) ----
 
 

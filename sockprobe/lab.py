@@ -65,6 +65,18 @@ def resolve_host(host: str) -> Host:
     return Host(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))
 
 
+def require_local(host: Host) -> None:
+    """UsageError unless `host` is an address of this machine (a trial bind to port 0):
+    probes listen on it, and sockprobe never sends experiments anywhere else."""
+    try:
+        with socket.socket(host.family, socket.SOCK_STREAM) as s:
+            s.bind(host.sockaddr(0))
+    except OSError as exc:
+        raise UsageError(
+            f"--host {host.address}: not usable on this machine ({oserror_text(exc)})"
+        ) from None
+
+
 def fmt_addr(addr: Address) -> str:
     """('127.0.0.1', 80) -> 127.0.0.1:80; ('::1', 80, 0, 0) -> [::1]:80."""
     if len(addr) >= 4 or ":" in str(addr[0]):

@@ -74,6 +74,10 @@ def _text(report: Report, markdown: bool, explain: bool) -> str:
     out.append("")
     for table in report.tables:
         out.append(f"### {table.title}" if markdown else f"{table.title}")
+        if not table.rows:
+            out.append("(none)")
+            out.append("")
+            continue
         rows = [[format_cell(c) for c in row] for row in table.rows]
         out.append(
             tabulate(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import NamedTuple
 
-from sockprobe.lab import Deadline, Host, resolve_host
+from sockprobe.lab import Deadline, Host, require_local, resolve_host
 from sockprobe.status import UsageError
 
 
@@ -63,7 +63,9 @@ class ProbeParams:
 
     def resolve(self) -> tuple[Host, Deadline]:
         """The lab host and the deadline, which starts counting now."""
-        return resolve_host(self.host), Deadline(self.deadline)
+        host = resolve_host(self.host)
+        require_local(host)
+        return host, Deadline(self.deadline)
 
 
 def require(condition: bool, message: str) -> None:

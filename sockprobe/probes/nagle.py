@@ -580,8 +580,9 @@ def _notes(report: Report) -> None:
             "use is cork, write the pieces, uncork.",
             "Segments are counted from TCP_INFO tcpi_data_segs_out on the sender (tcp(7)); it "
             "counts GSO segments and retransmissions, so it equals packets on the wire for writes "
-            "below the MSS. Check with: tcpdump -i lo -nn 'tcp port <port> and tcp[tcpflags] & "
-            "tcp-push != 0' using the ports under Endpoints.",
+            "below the MSS. To check: tcpdump -i lo -nn --immediate-mode 'tcp src port <client "
+            "port>' during a run, and count the lines whose length is above 0 (ports are under "
+            "Endpoints).",
             "Merging also depends on the congestion control (tcp_congestion_control) and "
             "net.ipv4.tcp_autocorking, shown under Kernel settings.",
             "macOS: TCP_NOPUSH instead of TCP_CORK, delayed ACKs up to about 100 ms, TCP_INFO "

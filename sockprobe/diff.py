@@ -1,0 +1,191 @@
+"""`sockprobe diff A.json B.json`: what differs between two hosts' fingerprints.
+
+Settings, limits, errno names, bind results, admitted connections and truncation sizes
+are exact: they must match between two runs on one host. Columns a probe marks
+*volatile* (durations, segment and drop counts, timers) depend on timing and load, so
+they are compared with a stated tolerance, and reported as timing differences.
+A single probe's report (`sockprobe nagle --json`) can be compared too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sockprobe.fingerprint import FINGERPRINT_KIND
+from sockprobe.report import Report
+from sockprobe.status import UsageError
+
+#: Volatile numbers are equal when within this factor of each other...
+FACTOR = 3.0
+#: ...or closer than this absolute floor, by unit (loopback timings of microseconds
+#: jitter by large factors; a count of a few segments by a few).
+FLOORS = {"ms": 2.0, "s": 0.05, "us": 2000.0}
+DEFAULT_FLOOR = 3.0
+
+ENV_KEYS = ("platform", "system", "kernel_release", "machine", "python")
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str  # environment, setting, probe, params, table, measured, timing
+    where: str
+    a: Any
+    b: Any
+
+
+def load(path: str) -> dict[str, Any]:
+    """Read a fingerprint (or one probe's report, wrapped as a fingerprint)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != 1:
+        raise UsageError(f"{path} is not a sockprobe schema 1 document")
+    if doc.get("kind") == FINGERPRINT_KIND and isinstance(doc.get("probes"), dict):
+        return doc
+    if isinstance(doc.get("probe"), str) and isinstance(doc.get("tables"), list):
+        env = doc.get("environment") or {}
+        return {
+            "kind": FINGERPRINT_KIND,
+            **{k: env.get(k) for k in ENV_KEYS},
+            "settings": env.get("sysctls") or {},
+            "probes": {doc["probe"]: doc},
+        }
+    raise UsageError(f"{path} is neither a fingerprint (sockprobe all --json) nor a report")
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def within_tolerance(a: Any, b: Any, unit: str) -> bool:
+    """Volatile cells: numbers within FACTOR of each other or within the unit's floor;
+    text (such as a list of recv sizes) is not compared."""
+    x, y = _number(a), _number(b)
+    if x is None or y is None:
+        return (x is None) == (y is None) or a is None or b is None
+    if abs(x - y) <= FLOORS.get(unit, DEFAULT_FLOOR):
+        return True
+    lo, hi = sorted((abs(x), abs(y)))
+    return (x >= 0) == (y >= 0) and lo > 0 and hi / lo <= FACTOR
+
+
+def _row_key(table: dict[str, Any], row: list[Any], index: int) -> str:
+    volatile = set(table.get("volatile") or [])
+    keys = [
+        str(c) for col, c in zip(table["columns"], row) if col not in volatile and c is not None
+    ][:2]
+    return "/".join(keys) or f"row {index + 1}"
+
+
+def _compare_tables(
+    probe: str, ta: dict[str, Any], tb: dict[str, Any], out: list[Difference], counts: list[int]
+) -> None:
+    where = f"{probe} › {ta['title']}"
+    if ta["columns"] != tb["columns"]:
+        out.append(Difference("table", f"{where} (columns)", ta["columns"], tb["columns"]))
+        return
+    rows_a, rows_b = ta["rows"], tb["rows"]
+    if len(rows_a) != len(rows_b):
+        out.append(Difference("table", f"{where} (rows)", len(rows_a), len(rows_b)))
+    volatile = set(ta.get("volatile") or []) | set(tb.get("volatile") or [])
+    units = ta.get("units") or [""] * len(ta["columns"])
+    for i, (ra, rb) in enumerate(zip(rows_a, rows_b)):
+        key = _row_key(ta, ra, i)
+        for col, unit, a, b in zip(ta["columns"], units, ra, rb):
+            if col in volatile:
+                counts[1] += 1
+                if not within_tolerance(a, b, unit):
+                    out.append(Difference("timing", f"{where} › {key} › {col}", a, b))
+            else:
+                counts[0] += 1
+                if a != b:
+                    out.append(Difference("measured", f"{where} › {key} › {col}", a, b))
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[Difference], int, int]:
+    """All differences, and how many cells were compared exactly / with tolerance."""
+    out: list[Difference] = []
+    counts = [0, 0]
+    for k in ENV_KEYS:
+        if a.get(k) != b.get(k):
+            out.append(Difference("environment", k, a.get(k), b.get(k)))
+    sa, sb = a.get("settings") or {}, b.get("settings") or {}
+    for k in sorted(set(sa) | set(sb)):
+        counts[0] += 1
+        if sa.get(k) != sb.get(k):
+            out.append(Difference("setting", k, sa.get(k, "absent"), sb.get(k, "absent")))
+    pa, pb = a["probes"], b["probes"]
+    for name in [*pa, *[n for n in pb if n not in pa]]:
+        ra, rb = pa.get(name), pb.get(name)
+        if ra is None or rb is None:
+            out.append(
+                Difference("probe", name, "ran" if ra else "absent", "ran" if rb else "absent")
+            )
+            continue
+        if "error" in ra or "error" in rb:
+            if ra.get("error") != rb.get("error"):
+                out.append(
+                    Difference("probe", name, ra.get("error", "ran"), rb.get("error", "ran"))
+                )
+            continue
+        if ra.get("params") != rb.get("params"):
+            out.append(Difference("params", name, ra.get("params"), rb.get("params")))
+        tables_b = {t["title"]: t for t in rb.get("tables", [])}
+        for ta in ra.get("tables", []):
+            tb = tables_b.pop(ta["title"], None)
+            if tb is None:
+                out.append(Difference("table", f"{name} › {ta['title']}", "present", "absent"))
+            else:
+                _compare_tables(name, ta, tb, out, counts)
+        for title in tables_b:
+            out.append(Difference("table", f"{name} › {title}", "absent", "present"))
+    return out, counts[0], counts[1]
+
+
+def run(path_a: str, path_b: str) -> Report:
+    a, b = load(path_a), load(path_b)
+    diffs, exact, tolerant = compare(a, b)
+    rep = Report("diff", params={"a": path_a, "b": path_b})
+    t = rep.table("Differences", ["kind", "where", "A", "B"])
+    for d in diffs:
+        t.add(d.kind, d.where, _show(d.a), _show(d.b))
+    n_timing = sum(1 for d in diffs if d.kind == "timing")
+    if diffs:
+        rep.summary = (
+            f"{len(diffs)} difference(s): {len(diffs) - n_timing} exact, "
+            f"{n_timing} timing beyond tolerance"
+        )
+    else:
+        rep.summary = "equal"
+    rep.findings.append(
+        f"Compared {exact} values exactly and {tolerant} timing-dependent values within a "
+        f"factor of {FACTOR:g} (or an absolute floor: "
+        + ", ".join(f"{v:g} {u}" for u, v in FLOORS.items())
+        + f", {DEFAULT_FLOOR:g} for counts)."
+    )
+    for key in ("kernel_release", "platform"):
+        if a.get(key) != b.get(key):
+            rep.findings.append(f"{key}: {a.get(key)} vs {b.get(key)}.")
+    rep.notes.append(
+        "Exact: settings, limits, errno names, bind results, admitted connections, truncation "
+        "sizes. With tolerance: columns each probe marks as timing-dependent (durations, "
+        "segment and drop counts, timers); their text values are not compared."
+    )
+    return rep
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        text = json.dumps(v, sort_keys=True)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return str(v)
