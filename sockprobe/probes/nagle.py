@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +35,9 @@ MODES = ("nagle", "nodelay", "cork")
 ALL_MODES = (*MODES, "cork-held")
 READERS = ("idle", "concurrent", "both")
 RECV_SIZE = 65536
+#: Pause between the reader thread signalling and the first write, so that it is inside
+#: recv() by then (it needs the GIL to get there).
+READER_SETTLE_S = 0.01
 #: A round trip at least this long counts as stalled (Linux's minimum delayed-ACK
 #: timeout is 40 ms, TCP_DELACK_MIN; a loopback round trip without it is microseconds).
 STALL_MS = 30.0
@@ -117,6 +121,11 @@ def _recv_exact(s: socket.socket, total: int, deadline: Deadline, doing: str) ->
     return sizes
 
 
+def _reader(s: socket.socket, total: int, deadline: Deadline, ready: threading.Event) -> list[int]:
+    ready.set()
+    return _recv_exact(s, total, deadline, "reading concurrently")
+
+
 def _sizes_text(sizes: list[int]) -> str:
     """[10, 10, 990] -> '10 x2, 990'."""
     if not sizes:
@@ -145,14 +154,12 @@ def _coalesce(lab: Lab, mode: str, reader: str, p: Params) -> Coalesce:
     total = p.writes * p.size
     worker = None
     if reader == "concurrent":
-        worker = lab.thread(
-            _recv_exact,
-            s,
-            total,
-            lab.deadline,
-            "reading concurrently",
-            name="sockprobe-nagle-reader",
-        )
+        ready = threading.Event()
+        worker = lab.thread(_reader, s, total, lab.deadline, ready, name="sockprobe-nagle-reader")
+        # Start writing only once the reader is blocked in recv(): a thread that has not
+        # been scheduled yet would make this run the idle-receiver case again.
+        ready.wait(lab.deadline.timeout(2.0, "starting the reader"))
+        time.sleep(READER_SETTLE_S)
     before = _data_segs(c)
     if _corks(mode):
         _cork(c, True)
