@@ -201,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rv = command.main(args=args, prog_name="sockprobe", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
-    except typer.Abort:
-        sys.stderr.write("sockprobe: aborted\n")
+    except typer.Abort:  # Ctrl-C in typer versions that abort instead of exiting 130
+        sys.stderr.write(f"sockprobe: {classify(KeyboardInterrupt())[1]}\n")
         return int(ExitStatus.INTERRUPTED)
     except typer.TyperException as exc:  # click usage errors: bad option, bad value
         sys.stderr.write(f"sockprobe: error: {exc.format_message()}\n")
@@ -215,4 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"sockprobe: {message}\n")
         return int(status)
-    return int(rv) if isinstance(rv, int) else 0
+    code = int(rv) if isinstance(rv, int) else 0
+    if code == ExitStatus.INTERRUPTED:
+        # typer turns Ctrl-C into exit status 130 itself; the probe's Lab has cleaned up
+        # by the time the KeyboardInterrupt reached it.
+        sys.stderr.write(f"sockprobe: {classify(KeyboardInterrupt())[1]}\n")
+    return code
