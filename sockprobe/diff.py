@@ -3,7 +3,9 @@
 Settings, limits, errno names, bind results, admitted connections and truncation sizes
 are exact: they must match between two runs on one host. Columns a probe marks
 *volatile* (durations, segment and drop counts, timers) depend on timing and load, so
-they are compared with a stated tolerance, and reported as timing differences.
+they are compared with a stated tolerance, and reported as timing differences. Columns
+marked *context* (host-wide counter deltas, counts that depend on thread scheduling) are
+not compared at all.
 A single probe's report (`sockprobe nagle --json`) can be compared too.
 """
 
@@ -82,7 +84,7 @@ def within_tolerance(a: Any, b: Any, unit: str) -> bool:
 
 
 def _row_key(table: dict[str, Any], row: list[Any], index: int) -> str:
-    volatile = set(table.get("volatile") or [])
+    volatile = set(table.get("volatile") or []) | set(table.get("context") or [])
     keys = [
         str(c) for col, c in zip(table["columns"], row) if col not in volatile and c is not None
     ][:2]
@@ -100,11 +102,14 @@ def _compare_tables(
     if len(rows_a) != len(rows_b):
         out.append(Difference("table", f"{where} (rows)", len(rows_a), len(rows_b)))
     volatile = set(ta.get("volatile") or []) | set(tb.get("volatile") or [])
+    context = set(ta.get("context") or []) | set(tb.get("context") or [])
     units = ta.get("units") or [""] * len(ta["columns"])
     for i, (ra, rb) in enumerate(zip(rows_a, rows_b)):
         key = _row_key(ta, ra, i)
         for col, unit, a, b in zip(ta["columns"], units, ra, rb):
-            if col in volatile:
+            if col in context:
+                counts[2] += 1
+            elif col in volatile:
                 counts[1] += 1
                 if not within_tolerance(a, b, unit):
                     out.append(Difference("timing", f"{where} › {key} › {col}", a, b))
@@ -114,10 +119,11 @@ def _compare_tables(
                     out.append(Difference("measured", f"{where} › {key} › {col}", a, b))
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[Difference], int, int]:
-    """All differences, and how many cells were compared exactly / with tolerance."""
+def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[Difference], list[int]]:
+    """All differences, and how many cells were compared exactly, with tolerance, and
+    not at all (context)."""
     out: list[Difference] = []
-    counts = [0, 0]
+    counts = [0, 0, 0]
     for k in ENV_KEYS:
         if a.get(k) != b.get(k):
             out.append(Difference("environment", k, a.get(k), b.get(k)))
@@ -151,12 +157,12 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[Difference], int
                 _compare_tables(name, ta, tb, out, counts)
         for title in tables_b:
             out.append(Difference("table", f"{name} › {title}", "absent", "present"))
-    return out, counts[0], counts[1]
+    return out, counts
 
 
 def run(path_a: str, path_b: str) -> Report:
     a, b = load(path_a), load(path_b)
-    diffs, exact, tolerant = compare(a, b)
+    diffs, (exact, tolerant, skipped) = compare(a, b)
     rep = Report("diff", params={"a": path_a, "b": path_b})
     t = rep.table("Differences", ["kind", "where", "A", "B"])
     for d in diffs:
@@ -173,7 +179,8 @@ def run(path_a: str, path_b: str) -> Report:
         f"Compared {exact} values exactly and {tolerant} timing-dependent values within a "
         f"factor of {FACTOR:g} (or an absolute floor: "
         + ", ".join(f"{v:g} {u}" for u, v in FLOORS.items())
-        + f", {DEFAULT_FLOOR:g} for counts)."
+        + f", {DEFAULT_FLOOR:g} for counts); {skipped} context values (host-wide counters, "
+        "scheduling-dependent counts) were not compared."
     )
     for key in ("kernel_release", "platform"):
         if a.get(key) != b.get(key):
@@ -181,7 +188,9 @@ def run(path_a: str, path_b: str) -> Report:
     rep.notes.append(
         "Exact: settings, limits, errno names, bind results, admitted connections, truncation "
         "sizes. With tolerance: columns each probe marks as timing-dependent (durations, "
-        "segment and drop counts, timers); their text values are not compared."
+        "segment and drop counts, timers); their text values are not compared. Not compared: "
+        "columns marked as context (host-wide counter deltas, counts that depend on thread "
+        "scheduling)."
     )
     return rep
 

@@ -43,13 +43,16 @@ class Table:
     #: Columns whose values depend on timing or load (durations, segment and drop counts):
     #: `sockprobe diff` compares them with a tolerance; all others must match exactly.
     volatile: list[str] = field(default_factory=list)
+    #: Columns that are context, never compared by `sockprobe diff`: host-wide counter
+    #: deltas (other traffic moves them) and counts that depend on thread scheduling.
+    context: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.units:
             self.units = [""] * len(self.columns)
-        unknown = set(self.volatile) - set(self.columns)
+        unknown = (set(self.volatile) | set(self.context)) - set(self.columns)
         if unknown:
-            raise ValueError(f"table {self.title!r}: volatile columns {unknown} not in columns")
+            raise ValueError(f"table {self.title!r}: columns {unknown} not in columns")
         if len(self.units) != len(self.columns):
             raise ValueError(
                 f"table {self.title!r}: {len(self.units)} units for {len(self.columns)} columns"
@@ -71,6 +74,7 @@ class Table:
             "columns": list(self.columns),
             "units": list(self.units),
             "volatile": list(self.volatile),
+            "context": list(self.context),
             "rows": [[_cell_json(c) for c in row] for row in self.rows],
         }
 
@@ -93,8 +97,15 @@ class Report:
         columns: list[str],
         units: list[str] | None = None,
         volatile: list[str] | None = None,
+        context: list[str] | None = None,
     ) -> Table:
-        t = Table(title, columns, units=list(units or []), volatile=list(volatile or []))
+        t = Table(
+            title,
+            columns,
+            units=list(units or []),
+            volatile=list(volatile or []),
+            context=list(context or []),
+        )
         self.tables.append(t)
         return t
 

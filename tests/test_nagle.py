@@ -17,6 +17,10 @@ def _table(report, prefix):
     return next(t for t in report.tables if t.title.startswith(prefix))
 
 
+def _coalescing_rows(report):
+    return [r for t in report.tables if t.title.startswith("Coalescing") for r in _rows(t)]
+
+
 def _rows(table):
     return [dict(zip(table.columns, row)) for row in table.rows]
 
@@ -29,7 +33,7 @@ def report():
 @needs_tcp_info
 @needs_cork
 def test_cork_sends_fewer_segments_than_nodelay_and_all_bytes(report):
-    rows = _rows(_table(report, "Coalescing"))
+    rows = _coalescing_rows(report)
     for reader in ("idle", "concurrent"):
         by_mode = {r["mode"]: r for r in rows if r["receiver"] == reader}
         assert by_mode["cork"]["data segments"] < by_mode["nodelay"]["data segments"]
@@ -42,7 +46,9 @@ def test_cork_sends_fewer_segments_than_nodelay_and_all_bytes(report):
 
 @needs_tcp_info
 def test_idle_receiver_reads_everything_written(report):
-    for row in _rows(_table(report, "Coalescing")):
+    rows = _coalescing_rows(report)
+    assert {r["receiver"] for r in rows} == {"idle", "concurrent"}
+    for row in rows:
         assert row["bytes"] == 1000
         assert row["recv() calls"] >= 1
 

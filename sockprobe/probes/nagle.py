@@ -365,40 +365,52 @@ def _tables(
     attributions: list[Attribution],
     wwr: list[Wwr],
 ) -> None:
-    t = report.table(
-        f"Coalescing: {p.writes} writes of {p.size} B per mode",
-        [
-            "mode",
-            "receiver",
-            "writes",
-            "bytes",
-            "data segments",
-            "bytes/segment",
-            "recv() calls",
-            "recv() sizes",
-        ],
-        ["", "", "", "B", "", "B", "", "B"],
-        volatile=["data segments", "bytes/segment", "recv() calls", "recv() sizes"],
-    )
-    for co in coalesced:
-        segs: Cell = NA(NO_TCP_INFO) if co.segments is None else co.segments
-        per: Cell = (
-            NA(NO_TCP_INFO)
-            if co.segments is None
-            else round(co.bytes_sent / co.segments, 1)
-            if co.segments
-            else None
+    columns = [
+        "mode",
+        "receiver",
+        "writes",
+        "bytes",
+        "data segments",
+        "bytes/segment",
+        "recv() calls",
+        "recv() sizes",
+    ]
+    measured = ["data segments", "bytes/segment", "recv() calls", "recv() sizes"]
+    for reader, title, volatile, context in (
+        ("idle", "receiver idle until the writer finished", measured, []),
+        # With a concurrent reader the counts follow thread scheduling from run to run,
+        # so `diff` treats them as context, not as a property of the host.
+        ("concurrent", "receiver reading concurrently", [], measured),
+    ):
+        rows = [co for co in coalesced if co.reader == reader]
+        if not rows:
+            continue
+        t = report.table(
+            f"Coalescing: {p.writes} writes of {p.size} B per mode, {title}",
+            columns,
+            ["", "", "", "B", "", "B", "", "B"],
+            volatile=volatile,
+            context=context,
         )
-        t.add(
-            co.mode,
-            co.reader,
-            p.writes,
-            co.bytes_sent,
-            segs,
-            per,
-            len(co.recv_sizes),
-            _sizes_text(co.recv_sizes),
-        )
+        for co in rows:
+            segs: Cell = NA(NO_TCP_INFO) if co.segments is None else co.segments
+            per: Cell = (
+                NA(NO_TCP_INFO)
+                if co.segments is None
+                else round(co.bytes_sent / co.segments, 1)
+                if co.segments
+                else None
+            )
+            t.add(
+                co.mode,
+                co.reader,
+                p.writes,
+                co.bytes_sent,
+                segs,
+                per,
+                len(co.recv_sizes),
+                _sizes_text(co.recv_sizes),
+            )
 
     if attributions:
         a = report.table(
@@ -413,13 +425,8 @@ def _tables(
                 "cwnd then",
                 "TCPAutoCorking Δ (host-wide)",
             ],
-            volatile=[
-                *CAUSES,
-                "data segments (this pass)",
-                "max unacked",
-                "cwnd then",
-                "TCPAutoCorking Δ (host-wide)",
-            ],
+            volatile=[*CAUSES, "data segments (this pass)", "max unacked", "cwnd then"],
+            context=["TCPAutoCorking Δ (host-wide)"],
         )
         for at in attributions:
             a.add(
