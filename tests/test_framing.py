@@ -162,7 +162,7 @@ def test_two_runs_compare_equal_with_diff(report):
         d = json.loads(json.dumps(r.to_dict()))
         return {"settings": {}, "probes": {"framing": d}}
 
-    diffs, exact, _ = compare(doc(report), doc(again))
+    diffs, (exact, _, _) = compare(doc(report), doc(again))
     assert diffs == [] and exact > 0
 
 

@@ -145,7 +145,7 @@ def test_two_runs_compare_equal_with_diff(report):
         d = json.loads(json.dumps(r.to_dict()))
         return {"settings": d["environment"]["sysctls"], "probes": {"kernel": d}}
 
-    diffs, exact, _ = compare(doc(report), doc(again))
+    diffs, (exact, _, _) = compare(doc(report), doc(again))
     assert diffs == [] and exact > len(settings.NAMES)
 
 
