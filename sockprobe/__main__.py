@@ -13,10 +13,10 @@ def main() -> None:
 
         sys.stdout.write(f"sockprobe {__version__}\n")
         sys.exit(0)
-    # `port` skips typer too when its arguments are plain ones (see port.fast_main: the
+    # `port` skips typer too when its arguments are plain ones (see fastport.py: the
     # typer command would import pydantic, ~100 ms); anything else falls through.
     if sys.argv[1:2] == ["port"]:
-        from sockprobe.port import fast_main
+        from sockprobe.fastport import fast_main
 
         code = fast_main(sys.argv[2:])
         if code is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from sockprobe import cli, kernel, port
+from sockprobe import cli, fastport, kernel, port
 from sockprobe.cli import main
 from sockprobe.kernel import owners, portdiag
 
@@ -467,7 +467,7 @@ def test_fast_path_matches_the_typer_command(capsys, holder):
     p = str(h.info["port"])
     for args in ([p, "--tcp", "--json", "--check"], [p, "--format", "csv"], ["abc"]):
         code_typer, out_typer, err_typer = run(capsys, *args)
-        code_fast = port.fast_main(list(args))
+        code_fast = fastport.fast_main(list(args))
         out_fast, err_fast = capsys.readouterr()
         assert code_fast == code_typer
         assert err_fast == err_typer
@@ -485,10 +485,10 @@ def test_fast_path_matches_the_typer_command(capsys, holder):
         else:
             assert out_fast.splitlines()[:1] == out_typer.splitlines()[:1]
     for args in (["--help"], [p, "--no-such-option"], [p, "--deadline"], []):
-        assert port.fast_main(list(args)) is None  # left to typer
+        assert fastport.fast_main(list(args)) is None  # left to typer
     defaults = {k: v.default for k, v in inspect.signature(cli.port).parameters.items()}
-    assert defaults["limit"] == port.DEFAULT_LIMIT
-    assert defaults["deadline"] == port.DEFAULT_DEADLINE
+    assert defaults["limit"] == fastport.DEFAULT_LIMIT
+    assert defaults["deadline"] == fastport.DEFAULT_DEADLINE
     assert defaults["host"] == port.Params.__dataclass_fields__["host"].default
 
 
