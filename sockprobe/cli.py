@@ -185,6 +185,410 @@ def diff(
         raise typer.Exit(int(ExitStatus.FAILURE))
 
 
+@app.command("backlog")
+def backlog_cmd(
+    backlog: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--backlog", help="listen() backlog to try (repeatable; default 0, 1, 8, 128)."
+        ),
+    ] = None,
+    connects: Annotated[
+        int | None,
+        typer.Option(help="Connects per backlog (default: the effective backlog + 8)."),
+    ] = None,
+    retry_wait: Annotated[
+        float,
+        typer.Option(
+            "--retry-wait",
+            help="After accepting, keep accepting this many seconds and watch the waiting "
+            "clients retransmit their SYNs (0: off).",
+        ),
+    ] = 0.0,
+    settle: Annotated[
+        float,
+        typer.Option(help="Most seconds to wait for the handshakes before counting (< 1)."),
+    ] = 0.5,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """How many connections does listen(n) really admit, and where do the others wait?"""
+    from sockprobe.probes.backlog import DEFAULT_BACKLOGS
+
+    run_probe(
+        "backlog",
+        dict(
+            backlogs=tuple(backlog) if backlog else DEFAULT_BACKLOGS,
+            connects=connects,
+            retry_wait=retry_wait,
+            settle=settle,
+            host=host,
+            deadline=deadline,
+        ),
+        fmt,
+        json_,
+        explain,
+    )
+
+
+@app.command("partial-send")
+def partial_send_cmd(
+    size: Annotated[int, typer.Option(help="Bytes offered to the sender in each mode.")] = 1048576,
+    sndbuf: Annotated[int, typer.Option(help="SO_SNDBUF to request on the sender.")] = 16384,
+    rcvbuf: Annotated[int, typer.Option(help="SO_RCVBUF to request on the receiver.")] = 16384,
+    placement: Annotated[
+        str,
+        typer.Option(help="Where SO_RCVBUF is set: listener (before listen()), accepted, or both."),
+    ] = "both",
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(help="nonblocking, timeout, sendall (repeatable; default: all three)."),
+    ] = None,
+    quiet_period: Annotated[
+        float,
+        typer.Option(
+            "--quiet-period",
+            help="Non-blocking mode: stop after this many seconds with nothing accepted.",
+        ),
+    ] = 0.2,
+    op_timeout: Annotated[
+        float,
+        typer.Option("--op-timeout", help="Socket timeout for send() and sendall(), seconds."),
+    ] = 0.2,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """How much does one send() accept when buffers fill? Is anything lost?"""
+    from sockprobe.probes.partial_send import MODES
+
+    run_probe(
+        "partial-send",
+        dict(
+            size=size,
+            sndbuf=sndbuf,
+            rcvbuf=rcvbuf,
+            placement=placement,
+            modes=tuple(mode) if mode else MODES,
+            quiet_period=quiet_period,
+            op_timeout=op_timeout,
+            host=host,
+            deadline=deadline,
+        ),
+        fmt,
+        json_,
+        explain,
+    )
+
+
+@app.command("udp-truncate")
+def udp_truncate_cmd(
+    size: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--size",
+            help="Datagram size to send (repeatable; default 64 512 1024 1472 1500 8192 65507).",
+        ),
+    ] = None,
+    bufsize: Annotated[int, typer.Option(help="Receive buffer passed to recvmsg().")] = 1024,
+    burst: Annotated[int, typer.Option(help="Overflow: datagrams sent back to back.")] = 200,
+    burst_size: Annotated[
+        int, typer.Option("--burst-size", help="Overflow: bytes per datagram.")
+    ] = 512,
+    burst_rcvbuf: Annotated[
+        int, typer.Option("--burst-rcvbuf", help="Overflow: SO_RCVBUF of the idle receiver.")
+    ] = 4096,
+    op_timeout: Annotated[
+        float,
+        typer.Option("--op-timeout", help="How long recv() waits for an ICMP error, in seconds."),
+    ] = 0.2,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """What happens to a datagram larger than the buffer, the largest one, a full queue?"""
+    from sockprobe.probes.udp_truncate import DEFAULT_SIZES
+
+    run_probe(
+        "udp-truncate",
+        dict(
+            sizes=tuple(size) if size else DEFAULT_SIZES,
+            bufsize=bufsize,
+            burst=burst,
+            burst_size=burst_size,
+            burst_rcvbuf=burst_rcvbuf,
+            op_timeout=op_timeout,
+            host=host,
+            deadline=deadline,
+        ),
+        fmt,
+        json_,
+        explain,
+    )
+
+
+@app.command()
+def port(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="PORT|PATH",
+            help="A port (1..65535), a UNIX socket path (with a '/'), or @name (abstract).",
+        ),
+    ],
+    tcp: Annotated[bool, typer.Option("--tcp", help="TCP only.")] = False,
+    udp: Annotated[bool, typer.Option("--udp", help="UDP only.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 1 if a plain bind (no SO_REUSEADDR) on the wildcard address fails "
+            "now, 0 if it succeeds.",
+        ),
+    ] = False,
+    limit: Annotated[
+        int, typer.Option(help="Most connection rows to show (0: all); listeners always.")
+    ] = 100,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Who holds this port (or UNIX socket path), would a bind succeed now, and the fix?"""
+    from sockprobe.port import Params, diagnose
+    from sockprobe.render import render
+
+    params = Params(target=target, tcp=tcp, udp=udp, limit=limit, host=host, deadline=deadline)
+    result = diagnose(params)
+    _emit(render(result.report, "json" if json_ else fmt.value, explain=explain))
+    if check and result.bind_fails:
+        raise typer.Exit(int(ExitStatus.FAILURE))
+
+
+@app.command("reuseaddr")
+def reuseaddr_cmd(
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Then wait a TIME_WAIT out (about 60 s, progress on stderr) and bind plainly.",
+        ),
+    ] = False,
+    wildcard_listen: Annotated[
+        bool,
+        typer.Option(
+            "--wildcard-listen",
+            help="Let the [::] socket of the IPV6_V6ONLY rows listen (reachable from other "
+            "hosts for milliseconds); by default it is only bound.",
+        ),
+    ] = False,
+    clients: Annotated[
+        int, typer.Option(help="SO_REUSEPORT restart: clients queued on each listener.")
+    ] = 4,
+    host: HostOpt = "127.0.0.1",
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            "--deadline", help="Hard bound on the whole probe, in seconds (30; 120 with --wait)."
+        ),
+    ] = None,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """When does a restarted server get EADDRINUSE, and which socket options fix it?"""
+    progress = None
+    if wait:
+        tty = sys.stderr.isatty()
+        last = [-1e9]
+
+        def progress(left: float, waited: float, done: bool) -> None:
+            # On a terminal one line rewritten in place; elsewhere a line every 10 s.
+            text = "gone" if done else f"{left:.1f} s left on the kernel's timer"
+            if tty:
+                end = "\n" if done else ""
+                sys.stderr.write(f"\r\x1b[KTIME_WAIT: {text}, waited {waited:.1f} s{end}")
+            elif done or waited - last[0] >= 10:
+                last[0] = waited
+                sys.stderr.write(f"TIME_WAIT: {text}, waited {waited:.0f} s\n")
+            sys.stderr.flush()
+
+    run_probe(
+        "reuseaddr",
+        dict(
+            wait=wait,
+            wildcard_listen=wildcard_listen,
+            clients=clients,
+            progress=progress,
+            host=host,
+            deadline=deadline if deadline is not None else (120.0 if wait else 30.0),
+        ),
+        fmt,
+        json_,
+        explain,
+    )
+
+
+@app.command("framing")
+def framing_cmd(
+    size: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--size",
+            help="Size of a message sent after 'hello' and 'world' (repeatable; "
+            "default 100, 1000, 3000, 6000).",
+        ),
+    ] = None,
+    read_size: Annotated[
+        int, typer.Option("--read-size", help="Buffer of the one-recv-per-message reader.")
+    ] = 4096,
+    small_read: Annotated[
+        int, typer.Option("--small-read", help="Buffer of the tiny-reads reader.")
+    ] = 2,
+    transport: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="tcp, tcp-nodelay, udp, unix-stream, unix-seqpacket (repeatable; default all)."
+        ),
+    ] = None,
+    reader: Annotated[
+        list[str] | None,
+        typer.Option(help="recv, small-recv, prefix, readline (repeatable; default all)."),
+    ] = None,
+    receiver: Annotated[
+        str,
+        typer.Option(
+            help="late: read after the sender closed (default); concurrent: while it writes."
+        ),
+    ] = "late",
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """How do message boundaries survive TCP, UDP, SEQPACKET, and a length prefix?"""
+    from sockprobe.probes.framing import DEFAULT_SIZES, READERS, TRANSPORTS
+
+    run_probe(
+        "framing",
+        dict(
+            sizes=tuple(size) if size else DEFAULT_SIZES,
+            read_size=read_size,
+            small_read=small_read,
+            transports=tuple(transport) if transport else TRANSPORTS,
+            readers=tuple(reader) if reader else READERS,
+            receiver=receiver,
+            host=host,
+            deadline=deadline,
+        ),
+        fmt,
+        json_,
+        explain,
+    )
+
+
+@app.command("kernel")
+def kernel_cmd(
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--no-measure",
+            help="Also check new sockets and the FIN_WAIT2/TIME_WAIT timers against the "
+            "settings (leaves one TIME_WAIT socket for 60 s).",
+        ),
+    ] = True,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Which kernel settings shape these behaviours here, and what does each change?"""
+    run_probe("kernel", dict(measure=measure, host=host, deadline=deadline), fmt, json_, explain)
+
+
+@app.command("timeouts")
+def timeouts_cmd(
+    op_timeout: Annotated[
+        float,
+        typer.Option("--op-timeout", help="T for settimeout(T) and SO_RCVTIMEO/SO_SNDTIMEO (s)."),
+    ] = 0.2,
+    wake_after: Annotated[
+        float,
+        typer.Option(
+            "--wake-after", help="Wake a blocked call with shutdown() after this long (s)."
+        ),
+    ] = 0.3,
+    op: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--op",
+            help="connect-refused, connect-full-queue, accept, recv, send-full, "
+            "recv-after-fin, recv-after-rst, send-after-close, send-after-rst "
+            "(repeatable; default all).",
+        ),
+    ] = None,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mode", help="blocking, timeout, nonblocking, sockopt (repeatable; default all)."
+        ),
+    ] = None,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """What does each operation do when blocking, with a timeout, non-blocking?"""
+    from sockprobe.probes.timeouts import MODES, OPS
+
+    run_probe(
+        "timeouts",
+        dict(
+            op_timeout=op_timeout,
+            wake_after=wake_after,
+            ops=tuple(op) if op else tuple(OPS),
+            modes=tuple(mode) if mode else tuple(MODES),
+            host=host,
+            deadline=deadline,
+        ),
+        fmt,
+        json_,
+        explain,
+    )
+
+
+@app.command("close")
+def close_cmd(
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """What does the peer see after close, close with unread data, abort, half-close?"""
+    run_probe("close", dict(host=host, deadline=deadline), fmt, json_, explain)
+
+
 # ---- probe commands above this line (one function per command, in DESIGN.md order) ----
 
 

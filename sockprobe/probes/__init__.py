@@ -29,6 +29,46 @@ PROBES: tuple[ProbeSpec, ...] = (
         "sockprobe.probes.nagle",
         "How many segments do small writes become? What does write-write-read cost?",
     ),
+    ProbeSpec(
+        "partial-send",
+        "sockprobe.probes.partial_send",
+        "How much does one send() accept when buffers fill? Is anything lost?",
+    ),
+    ProbeSpec(
+        "udp-truncate",
+        "sockprobe.probes.udp_truncate",
+        "What happens to a datagram larger than the buffer, the largest one, a full queue?",
+    ),
+    ProbeSpec(
+        "reuseaddr",
+        "sockprobe.probes.reuseaddr",
+        "When does a restarted server get EADDRINUSE, and which socket options fix it?",
+    ),
+    ProbeSpec(
+        "backlog",
+        "sockprobe.probes.backlog",
+        "How many connections does listen(n) really admit, and where do the others wait?",
+    ),
+    ProbeSpec(
+        "timeouts",
+        "sockprobe.probes.timeouts",
+        "Which exception and errno does each operation give per mode, and after how long?",
+    ),
+    ProbeSpec(
+        "close",
+        "sockprobe.probes.close",
+        "What does the peer see after close, close with unread data, abort, half-close?",
+    ),
+    ProbeSpec(
+        "framing",
+        "sockprobe.probes.framing",
+        "How do message boundaries survive TCP, UDP, SEQPACKET, and a length-prefixed protocol?",
+    ),
+    ProbeSpec(
+        "kernel",
+        "sockprobe.probes.settings",
+        "Which kernel settings shape these behaviours here, and what does each change?",
+    ),
     # ---- registry entries above this line ----
 )
 
