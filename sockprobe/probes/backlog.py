@@ -653,13 +653,9 @@ def _tables(
             "settle",
         ],
         ["", "", "", "", "", "", "", "", "ms"],
-        volatile=[
-            "half-open (SYN_RECV)",
-            "listener drops (sk_drops)",
-            "ListenOverflows Δ (host-wide)",
-            "ListenDrops Δ (host-wide)",
-            "settle",
-        ],
+        volatile=["half-open (SYN_RECV)", "listener drops (sk_drops)", "settle"],
+        # Host-wide: other traffic and parallel runs move them, so diff never compares them.
+        context=["ListenOverflows Δ (host-wide)", "ListenDrops Δ (host-wide)"],
     )
     no_counter = "/proc/net/netstat TcpExt is not readable here"
     for r in rows:
@@ -680,7 +676,8 @@ def _tables(
             "while the server kept accepting",
             RETRY_COLUMNS,
             ["", "", "", "s after connect", "", "s after connect", "", "", "", "", "", "", ""],
-            volatile=RETRY_COLUMNS[2:],
+            volatile=RETRY_COLUMNS[2:-1],
+            context=RETRY_COLUMNS[-1:],  # SyncookiesSent is host-wide
         )
         for r in rows:
             if r.retry is None:

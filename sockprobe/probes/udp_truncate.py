@@ -525,9 +525,9 @@ def _tables(
             "delivered",
             "dropped (/proc/net/udp, this socket)",
             "dropped (SO_RXQ_OVFL, this socket)",
-            f"{group} RcvbufErrors Δ (host-wide)",
             "send() errors",
         ],
+        context=[f"{group} RcvbufErrors Δ (host-wide)"],
     )
     ot.add(
         ov.sent,
@@ -545,7 +545,8 @@ def _tables(
         "Sending to a closed port (ICMP port unreachable), then one recv()",
         ["socket", "send()", "next recv()", "after", f"{group} NoPorts Δ (host-wide)"],
         ["", "", "", "ms", ""],
-        volatile=["after", f"{group} NoPorts Δ (host-wide)"],
+        volatile=["after"],
+        context=[f"{group} NoPorts Δ (host-wide)"],
     )
     for ir in icmp:
         kind = ir.kind
