@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -539,19 +540,38 @@ def test_proc_fallback_when_sock_diag_is_refused(capsys, holder, monkeypatch):
 def test_not_root_owner_is_hidden_with_how_to_see_it(holder):
     h = holder("listen")
     p = str(h.info["port"])
-    repo = Path(port.__file__).resolve().parent.parent
-    r = subprocess.run(
-        [
-            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
-            *(sys.executable, "-m", "sockprobe", "port", p, "--tcp", "--json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-        env={**os.environ, "PYTHONPATH": str(repo), "HOME": "/"},
-    )
-    if r.returncode != 0 and "Permission denied" in r.stderr:
+    # The checkout may sit in a directory only root can enter (mktemp -d makes 0700 ones),
+    # so the unprivileged child imports a world-readable copy of the package.
+    shared = Path(tempfile.mkdtemp(prefix="sockprobe-nobody-"))
+    try:
+        shutil.copytree(
+            Path(port.__file__).resolve().parent,
+            shared / "sockprobe",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for d, _, files in os.walk(shared):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        r = subprocess.run(
+            [
+                *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+                *(sys.executable, "-m", "sockprobe", "port", p, "--tcp", "--json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            env={
+                **os.environ,
+                "PYTHONPATH": str(shared),
+                "HOME": "/",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            },
+        )
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    if r.returncode != 0 and ("Permission denied" in r.stderr or "No module named" in r.stderr):
         pytest.skip(f"the unprivileged user cannot run this checkout: {r.stderr[-200:]}")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
