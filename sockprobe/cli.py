@@ -126,115 +126,6 @@ def nagle(
     )
 
 
-@app.command("all")
-def all_(
-    summary: Annotated[
-        bool, typer.Option("--summary", help="Print the summary table alone.")
-    ] = False,
-    host: HostOpt = "127.0.0.1",
-    deadline: Annotated[
-        float, typer.Option("--deadline", help="Hard bound on each probe, in seconds.")
-    ] = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Every probe, one summary: the host's socket-behaviour fingerprint (--json)."""
-    from sockprobe.fingerprint import run_all
-    from sockprobe.probes import ProbeParams
-    from sockprobe.render import render_many
-
-    ProbeParams(host=host, deadline=deadline).resolve()  # bad input: exit 2 before running
-    progress = None
-    if sys.stderr.isatty():
-
-        def progress(i: int, n: int, name: str) -> None:
-            sys.stderr.write(f"\r\x1b[K[{i}/{n}] {name}...")
-            sys.stderr.flush()
-
-    try:
-        fp = run_all(host=host, deadline=deadline, progress=progress)
-    finally:
-        if progress is not None:
-            sys.stderr.write("\r\x1b[K")
-    out_fmt = "json" if json_ else fmt.value
-    head = fp.summary_report()
-    reports = [head] if summary else [head, *fp.reports]
-    _emit(render_many(reports, out_fmt, explain=explain, document=fp.to_dict()))
-    if fp.failed:
-        raise typer.Exit(int(ExitStatus.FAILURE))
-
-
-@app.command()
-def diff(
-    a: Annotated[str, typer.Argument(help="First fingerprint (sockprobe all --json > A.json).")],
-    b: Annotated[str, typer.Argument(help="Second fingerprint.")],
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """What differs between two hosts' fingerprints? Exit 0 equal, 1 different."""
-    from sockprobe.diff import run
-    from sockprobe.render import render
-
-    report = run(a, b)
-    _emit(render(report, "json" if json_ else fmt.value, explain=explain))
-    if report.tables[0].rows:
-        raise typer.Exit(int(ExitStatus.FAILURE))
-
-
-@app.command("backlog")
-def backlog_cmd(
-    backlog: Annotated[
-        list[int] | None,
-        typer.Option(
-            "--backlog", help="listen() backlog to try (repeatable; default 0, 1, 8, 128)."
-        ),
-    ] = None,
-    connects: Annotated[
-        int | None,
-        typer.Option(help="Connects per backlog (default: the effective backlog + 8)."),
-    ] = None,
-    retry_wait: Annotated[
-        float,
-        typer.Option(
-            "--retry-wait",
-            help="After accepting, keep accepting this many seconds and watch the waiting "
-            "clients retransmit their SYNs (0: off).",
-        ),
-    ] = 0.0,
-    settle: Annotated[
-        float,
-        typer.Option(help="Most seconds to wait for the handshakes before counting (< 1)."),
-    ] = 0.5,
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """How many connections does listen(n) really admit, and where do the others wait?"""
-    from sockprobe.probes.backlog import DEFAULT_BACKLOGS
-
-    run_probe(
-        "backlog",
-        dict(
-            backlogs=tuple(backlog) if backlog else DEFAULT_BACKLOGS,
-            connects=connects,
-            retry_wait=retry_wait,
-            settle=settle,
-            host=host,
-            deadline=deadline,
-        ),
-        fmt,
-        json_,
-        explain,
-    )
-
-
 @app.command("partial-send")
 def partial_send_cmd(
     size: Annotated[int, typer.Option(help="Bytes offered to the sender in each mode.")] = 1048576,
@@ -337,46 +228,6 @@ def udp_truncate_cmd(
     )
 
 
-@app.command()
-def port(
-    target: Annotated[
-        str,
-        typer.Argument(
-            metavar="PORT|PATH",
-            help="A port (1..65535), a UNIX socket path (with a '/'), or @name (abstract).",
-        ),
-    ],
-    tcp: Annotated[bool, typer.Option("--tcp", help="TCP only.")] = False,
-    udp: Annotated[bool, typer.Option("--udp", help="UDP only.")] = False,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check",
-            help="Exit 1 if a plain bind (no SO_REUSEADDR) on the wildcard address fails "
-            "now, 0 if it succeeds.",
-        ),
-    ] = False,
-    limit: Annotated[
-        int, typer.Option(help="Most connection rows to show (0: all); listeners always.")
-    ] = 100,
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Who holds this port (or UNIX socket path), would a bind succeed now, and the fix?"""
-    from sockprobe.port import Params, diagnose
-    from sockprobe.render import render
-
-    params = Params(target=target, tcp=tcp, udp=udp, limit=limit, host=host, deadline=deadline)
-    result = diagnose(params)
-    _emit(render(result.report, "json" if json_ else fmt.value, explain=explain))
-    if check and result.bind_fails:
-        raise typer.Exit(int(ExitStatus.FAILURE))
-
-
 @app.command("reuseaddr")
 def reuseaddr_cmd(
     wait: Annotated[
@@ -440,6 +291,162 @@ def reuseaddr_cmd(
         json_,
         explain,
     )
+
+
+@app.command()
+def port(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="PORT|PATH",
+            help="A port (1..65535), a UNIX socket path (with a '/'), or @name (abstract).",
+        ),
+    ],
+    tcp: Annotated[bool, typer.Option("--tcp", help="TCP only.")] = False,
+    udp: Annotated[bool, typer.Option("--udp", help="UDP only.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 1 if a plain bind (no SO_REUSEADDR) on the wildcard address fails "
+            "now, 0 if it succeeds.",
+        ),
+    ] = False,
+    limit: Annotated[
+        int, typer.Option(help="Most connection rows to show (0: all); listeners always.")
+    ] = 100,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Who holds this port (or UNIX socket path), would a bind succeed now, and the fix?"""
+    from sockprobe.port import Params, diagnose
+    from sockprobe.render import render
+
+    params = Params(target=target, tcp=tcp, udp=udp, limit=limit, host=host, deadline=deadline)
+    result = diagnose(params)
+    _emit(render(result.report, "json" if json_ else fmt.value, explain=explain))
+    if check and result.bind_fails:
+        raise typer.Exit(int(ExitStatus.FAILURE))
+
+
+@app.command("backlog")
+def backlog_cmd(
+    backlog: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--backlog", help="listen() backlog to try (repeatable; default 0, 1, 8, 128)."
+        ),
+    ] = None,
+    connects: Annotated[
+        int | None,
+        typer.Option(help="Connects per backlog (default: the effective backlog + 8)."),
+    ] = None,
+    retry_wait: Annotated[
+        float,
+        typer.Option(
+            "--retry-wait",
+            help="After accepting, keep accepting this many seconds and watch the waiting "
+            "clients retransmit their SYNs (0: off).",
+        ),
+    ] = 0.0,
+    settle: Annotated[
+        float,
+        typer.Option(help="Most seconds to wait for the handshakes before counting (< 1)."),
+    ] = 0.5,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """How many connections does listen(n) really admit, and where do the others wait?"""
+    from sockprobe.probes.backlog import DEFAULT_BACKLOGS
+
+    run_probe(
+        "backlog",
+        dict(
+            backlogs=tuple(backlog) if backlog else DEFAULT_BACKLOGS,
+            connects=connects,
+            retry_wait=retry_wait,
+            settle=settle,
+            host=host,
+            deadline=deadline,
+        ),
+        fmt,
+        json_,
+        explain,
+    )
+
+
+@app.command("timeouts")
+def timeouts_cmd(
+    op_timeout: Annotated[
+        float,
+        typer.Option("--op-timeout", help="T for settimeout(T) and SO_RCVTIMEO/SO_SNDTIMEO (s)."),
+    ] = 0.2,
+    wake_after: Annotated[
+        float,
+        typer.Option(
+            "--wake-after", help="Wake a blocked call with shutdown() after this long (s)."
+        ),
+    ] = 0.3,
+    op: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--op",
+            help="connect-refused, connect-full-queue, accept, recv, send-full, "
+            "recv-after-fin, recv-after-rst, send-after-close, send-after-rst "
+            "(repeatable; default all).",
+        ),
+    ] = None,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mode", help="blocking, timeout, nonblocking, sockopt (repeatable; default all)."
+        ),
+    ] = None,
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """What does each operation do when blocking, with a timeout, non-blocking?"""
+    from sockprobe.probes.timeouts import MODES, OPS
+
+    run_probe(
+        "timeouts",
+        dict(
+            op_timeout=op_timeout,
+            wake_after=wake_after,
+            ops=tuple(op) if op else tuple(OPS),
+            modes=tuple(mode) if mode else tuple(MODES),
+            host=host,
+            deadline=deadline,
+        ),
+        fmt,
+        json_,
+        explain,
+    )
+
+
+@app.command("close")
+def close_cmd(
+    host: HostOpt = "127.0.0.1",
+    deadline: DeadlineOpt = 30.0,
+    fmt: FormatOpt = Format.table,
+    json_: JsonOpt = False,
+    explain: ExplainOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """What does the peer see after close, close with unread data, abort, half-close?"""
+    run_probe("close", dict(host=host, deadline=deadline), fmt, json_, explain)
 
 
 @app.command("framing")
@@ -523,70 +530,63 @@ def kernel_cmd(
     run_probe("kernel", dict(measure=measure, host=host, deadline=deadline), fmt, json_, explain)
 
 
-@app.command("timeouts")
-def timeouts_cmd(
-    op_timeout: Annotated[
-        float,
-        typer.Option("--op-timeout", help="T for settimeout(T) and SO_RCVTIMEO/SO_SNDTIMEO (s)."),
-    ] = 0.2,
-    wake_after: Annotated[
-        float,
-        typer.Option(
-            "--wake-after", help="Wake a blocked call with shutdown() after this long (s)."
-        ),
-    ] = 0.3,
-    op: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--op",
-            help="connect-refused, connect-full-queue, accept, recv, send-full, "
-            "recv-after-fin, recv-after-rst, send-after-close, send-after-rst "
-            "(repeatable; default all).",
-        ),
-    ] = None,
-    mode: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--mode", help="blocking, timeout, nonblocking, sockopt (repeatable; default all)."
-        ),
-    ] = None,
+@app.command("all")
+def all_(
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Print the summary table alone.")
+    ] = False,
     host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
+    deadline: Annotated[
+        float, typer.Option("--deadline", help="Hard bound on each probe, in seconds.")
+    ] = 30.0,
     fmt: FormatOpt = Format.table,
     json_: JsonOpt = False,
     explain: ExplainOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """What does each operation do when blocking, with a timeout, non-blocking?"""
-    from sockprobe.probes.timeouts import MODES, OPS
+    """Every probe, one summary: the host's socket-behaviour fingerprint (--json)."""
+    from sockprobe.fingerprint import run_all
+    from sockprobe.probes import ProbeParams
+    from sockprobe.render import render_many
 
-    run_probe(
-        "timeouts",
-        dict(
-            op_timeout=op_timeout,
-            wake_after=wake_after,
-            ops=tuple(op) if op else tuple(OPS),
-            modes=tuple(mode) if mode else tuple(MODES),
-            host=host,
-            deadline=deadline,
-        ),
-        fmt,
-        json_,
-        explain,
-    )
+    ProbeParams(host=host, deadline=deadline).resolve()  # bad input: exit 2 before running
+    progress = None
+    if sys.stderr.isatty():
+
+        def progress(i: int, n: int, name: str) -> None:
+            sys.stderr.write(f"\r\x1b[K[{i}/{n}] {name}...")
+            sys.stderr.flush()
+
+    try:
+        fp = run_all(host=host, deadline=deadline, progress=progress)
+    finally:
+        if progress is not None:
+            sys.stderr.write("\r\x1b[K")
+    out_fmt = "json" if json_ else fmt.value
+    head = fp.summary_report()
+    reports = [head] if summary else [head, *fp.reports]
+    _emit(render_many(reports, out_fmt, explain=explain, document=fp.to_dict()))
+    if fp.failed:
+        raise typer.Exit(int(ExitStatus.FAILURE))
 
 
-@app.command("close")
-def close_cmd(
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(help="First fingerprint (sockprobe all --json > A.json).")],
+    b: Annotated[str, typer.Argument(help="Second fingerprint.")],
     fmt: FormatOpt = Format.table,
     json_: JsonOpt = False,
     explain: ExplainOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """What does the peer see after close, close with unread data, abort, half-close?"""
-    run_probe("close", dict(host=host, deadline=deadline), fmt, json_, explain)
+    """What differs between two hosts' fingerprints? Exit 0 equal, 1 different."""
+    from sockprobe.diff import run
+    from sockprobe.render import render
+
+    report = run(a, b)
+    _emit(render(report, "json" if json_ else fmt.value, explain=explain))
+    if report.tables[0].rows:
+        raise typer.Exit(int(ExitStatus.FAILURE))
 
 
 # ---- probe commands above this line (one function per command, in DESIGN.md order) ----
