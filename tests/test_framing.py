@@ -149,6 +149,23 @@ def test_udp_loss_is_counted_per_socket():
 
 
 # -- the report -------------------------------------------------------------------------------
+def test_the_late_reader_began_after_the_last_send_on_every_default_case(report):
+    began = [row["reading began"] for row in _rows(report).values()]
+    assert set(began) == {"after last send", None}  # None: readline on datagrams, n/a
+    assert not any("could not hold" in f for f in report.findings)
+
+
+def test_when_the_buffers_cannot_hold_every_message_the_report_says_so():
+    # 198 x 65,000 B (12.9 MB) on TCP is more than default buffers hold: the late receiver
+    # has to start while the sender is still blocked, and the row and a finding say so.
+    p = framing.Params(sizes=(65_000,) * 198, transports=("tcp",), readers=("prefix",))
+    r = framing.run(p)
+    row = _rows(r)[_label("tcp", "prefix", p)]
+    assert row["reading began"] == "during sends"
+    assert row["intact"] == 200  # the length prefix still recovers every message
+    assert any("could not hold every message" in f for f in r.findings)
+
+
 def test_volatile_columns_and_deterministic_counts(report):
     t = report.tables[0]
     assert {"recv() calls", "merged", "split"} <= set(t.volatile)

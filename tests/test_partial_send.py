@@ -124,6 +124,24 @@ def test_big_buffers_accept_everything():
     assert rows["sendall"]["accepted (API)"] == 20_000
     assert all(row["drained"] == 20_000 and row["content intact"] for row in rows.values())
     assert any("accepted all 20,000 B" in f for f in r.findings)
+    # Nothing was held back, so nothing may claim that the buffers filled up.
+    assert r.summary.startswith("the sender's kernel took all 20,000 B;"), r.summary
+    assert "before the buffers were full" not in r.summary
+    assert not any("took less than offered" in f for f in r.findings)
+
+
+def test_span_and_buffer_wording():
+    assert partial_send._span([1, 2, 1, 3]) == "1 to 3"
+    assert partial_send._span([2, 2]) == "2"
+    assert partial_send._buffer_verb(16384, 32768, "net.core.wmem_max") == "doubled"
+    assert partial_send._buffer_verb(1, 4608, "net.core.wmem_max") == "raised to the kernel's floor"
+    assert partial_send._buffer_verb(1000, 1000, "net.core.wmem_max") == "not doubled"
+    if kernel.IS_LINUX:
+        cap = kernel.sysctl_int("net.core.wmem_max")
+        assert cap is not None
+        assert partial_send._buffer_verb(cap + 1, 2 * cap, "net.core.wmem_max").startswith(
+            "capped at net.core.wmem_max"
+        )
 
 
 def test_counter_pattern_never_repeats_a_word():

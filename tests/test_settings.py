@@ -196,6 +196,13 @@ def test_in_a_namespace_the_probe_follows_its_settings():
     assert any("so TIME_WAIT did not follow tcp_fin_timeout" in f for f in doc["findings"])
 
 
+def test_deadline_bounds_the_measurements():
+    from sockprobe.status import DeadlineExceeded
+
+    with pytest.raises(DeadlineExceeded):
+        settings.run(settings.Params(deadline=0.0001))
+
+
 def test_params_are_a_frozen_dataclass():
     p = settings.Params()
     assert dataclasses.is_dataclass(p) and p.measure is True

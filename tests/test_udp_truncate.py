@@ -88,7 +88,7 @@ def test_a_size_beyond_the_limit_is_an_emsgsize_row_not_a_crash():
     r = udp_truncate.run(udp_truncate.Params(sizes=(65508,), burst=5))
     (row,) = _rows(_table(r, "Truncation"))
     assert row["send()"] == "EMSGSIZE" and row["received"] is None
-    assert any("65,508 B (EMSGSIZE)" in f for f in r.findings)
+    assert any("65,508 B with EMSGSIZE" in f for f in r.findings)
 
 
 def test_three_datagrams_are_three_reads(report):
@@ -153,6 +153,37 @@ def test_icmp_port_unreachable_reaches_connected_and_recverr_sockets_only(report
     assert rows["unconnected"]["next recv()"].startswith("TimeoutError")
     if kernel.IS_LINUX:
         assert rows["unconnected + IP_RECVERR"]["next recv()"].startswith("ConnectionRefusedError")
+
+
+def test_the_unreachable_port_is_held_for_the_whole_experiment(report):
+    """No closed-port race: each destination port belongs to a socket connected to itself,
+    which takes datagrams from nobody else (so ours drew the port unreachable) and keeps
+    any other program from binding the port meanwhile."""
+    holders = [ep for ep in report.endpoints if ep["role"].startswith("icmp port holder")]
+    senders = [ep for ep in report.endpoints if "sent_to" in ep]
+    assert len(holders) == len(senders) == 3
+    for holder, sender in zip(holders, senders):
+        assert holder["remote"] == holder["local"] == sender["sent_to"]
+
+
+def test_a_self_connected_socket_holds_its_port_and_receives_from_nobody_else():
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+    ):
+        holder.bind(("127.0.0.1", 0))
+        holder.connect(holder.getsockname())
+        with pytest.raises(OSError):
+            other.bind(holder.getsockname())
+        tx.connect(holder.getsockname())
+        tx.send(b"x")
+        tx.settimeout(2.0)
+        with pytest.raises(ConnectionRefusedError):
+            tx.recv(16)
+        holder.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            holder.recv(16)
 
 
 def test_findings_quote_measured_numbers_and_summary(report):

@@ -6,10 +6,11 @@ back from one recv(), and they blame Nagle. The experiment, for every transport 
 - the sender makes one send() per message (a handful of messages of varied sizes: b"hello",
   b"world" and a few larger ones), back to back, then closes its socket, so that a stream
   reader ends on EOF;
-- the receiver, by default, starts reading only after the sender has closed *and* (for the
-  byte streams) SIOCINQ shows every byte already sitting in its receive queue. That is the
-  tutorials' setup, and it makes the outcome depend on the kernel's rules rather than on
-  thread scheduling; `--receiver concurrent` reads while the sender writes instead;
+- the receiver, by default, starts reading only after the sender's last send(): on the
+  byte streams, once SIOCINQ shows every byte already sitting in its receive queue; on the
+  datagram transports, once the sender has finished. That is the tutorials' setup, and it
+  makes the outcome depend on the kernel's rules rather than on thread scheduling;
+  `--receiver concurrent` reads while the sender writes instead;
 - the reader is one of: one recv(4096) per message (what the tutorials do), tiny recv(2)
   reads, a length-prefixed protocol (a `struct` '!I' header, then exactly n bytes, each
   read in a loop), or `makefile('rb').readline()` with a newline after each message;
@@ -31,9 +32,11 @@ import time
 from dataclasses import dataclass, field
 
 from sockprobe import kernel
+from sockprobe.kernel import udp as udp_kernel
 from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, require
 from sockprobe.report import NA, Report, environment, params_dict
+from sockprobe.status import SockprobeError
 
 TRANSPORTS = ("tcp", "tcp-nodelay", "udp", "unix-stream", "unix-seqpacket")
 STREAMS = frozenset({"tcp", "tcp-nodelay", "unix-stream"})
@@ -144,7 +147,7 @@ class Outcome:
     calls: int = 0
     #: Datagram reads that came back with MSG_TRUNC in msg_flags.
     msg_trunc: int = 0
-    #: The receiver started after the sender closed with every byte queued.
+    #: The receiver started after the sender's last send() (streams: every byte queued).
     settled: bool = True
     #: UDP only: the receiving socket's own drop counter (/proc/net/udp "drops").
     drops: int | None = None
@@ -341,6 +344,8 @@ def _send(
             info = kernel.tcp_info(sock)
             if info is None or (not info.notsent_bytes and info.unacked == 0):
                 break
+            if info.state_name != "ESTABLISHED":
+                break  # shut down under us (Ctrl-C or an error: the Lab is cleaning up)
             time.sleep(0.0005)
         after = _data_segs(sock)
         segments = None if after is None else after - before
@@ -356,22 +361,31 @@ def _data_segs(sock: socket.socket) -> int | None:
 def _settle(
     sender: Worker, rx: socket.socket, stream: bool, total: int, progress: list[int], d: Deadline
 ) -> bool:
-    """Late receiver: wait until the sender has closed and, on a byte stream, SIOCINQ
-    shows all `total` bytes queued at the receiver. Returns False when the sender or the
-    queue stopped making progress first (buffers full: the receiver must read while the
-    sender writes, and the outcome then depends on timing)."""
+    """Late receiver: wait until every byte is queued at the receiver (a byte stream where
+    SIOCINQ can be read) or the sender has finished (datagrams, or no SIOCINQ). Either way
+    the sender's last send() has returned, so what the reads return follows from the
+    kernel's rules alone.
+
+    Returns False when the sender and the queue stopped making progress first: the buffers
+    are full, the receiver must read while the sender writes, and the outcome then depends
+    on timing. A sender that has not begun (its thread not yet scheduled, on a loaded
+    machine) is not a stall: that waits for the overall cap instead."""
     end = time.monotonic() + d.timeout(5.0, "waiting for the sender to finish")
     last: tuple[int, int | None] = (-1, None)
     changed = time.monotonic()
     while True:
         now = time.monotonic()
         queued = kernel.inq(rx) if stream else None
-        if not sender.thread.is_alive() and (not stream or queued is None or queued >= total):
+        if queued is not None:
+            if queued >= total:
+                return True
+        elif not sender.thread.is_alive():
             return True
         state = (progress[0], queued)
+        began = progress[0] > 0 or bool(queued)
         if state != last:
             last, changed = state, now
-        elif now - changed > STALL_S or now > end:
+        elif (began and now - changed > STALL_S) or now > end:
             return False
         time.sleep(0.0005)
 
@@ -507,17 +521,6 @@ def _read_lines(sock: socket.socket, deadline: Deadline) -> Outcome:
         f.close()
 
 
-def _udp_drops(sock: socket.socket) -> int | None:
-    """The socket's own drop count (receive buffer full), from its /proc/net/udp row,
-    matched by inode: per socket, unlike the host-wide Udp RcvbufErrors counter."""
-    proto = "udp6" if sock.family == socket.AF_INET6 else "udp"
-    inode = os.fstat(sock.fileno()).st_ino
-    for row in kernel.proc_net_sockets(proto, sock.getsockname()[1]):
-        if row.inode == inode:
-            return row.drops
-    return None
-
-
 # -- one case -------------------------------------------------------------------------------
 def _case(lab: Lab, transport: str, reader: str, msgs: list[bytes], p: Params) -> Outcome:
     stream = transport in STREAMS
@@ -542,11 +545,16 @@ def _case(lab: Lab, transport: str, reader: str, msgs: list[bytes], p: Params) -
         o = _read_prefix_stream(rx, d) if stream else _read_prefix_datagrams(rx, len(msgs), d, udp)
     else:
         o = _read_lines(rx, d)
-    sender.join(d.timeout(5.0, "waiting for the sender"))
+    if not sender.join(d.timeout(5.0, "waiting for the sender")):
+        d.check("waiting for the sender")
+        raise SockprobeError(f"framing {tag}: the sender did not finish within 5 s")
     if sender.error is not None:
         raise sender.error
     if udp:
-        o.drops = _udp_drops(rx)
+        # The socket's own drop count (receive buffer full), from its /proc/net/udp row,
+        # matched by inode: per socket, unlike the host-wide Udp RcvbufErrors counter.
+        row = udp_kernel.proc_row(rx)
+        o.drops = None if row is None else row.drops
     if tcp:
         o.segments = sender.result if sender.result is not None else NA(NO_TCP_INFO)
     lab.close(rx)
@@ -606,7 +614,7 @@ def sizes_text(sizes: list[int]) -> str:
 
 def _table(report: Report, p: Params, msgs: list[bytes], outcomes: list[Outcome]) -> None:
     when = (
-        "the receiver read after the sender closed, with every byte queued"
+        "the receiver read after the last send() (streams: with every byte queued)"
         if p.receiver == "late"
         else "the receiver read while the sender wrote"
     )
@@ -619,6 +627,7 @@ def _table(report: Report, p: Params, msgs: list[bytes], outcomes: list[Outcome]
         [
             "transport",
             "reader",
+            "reading began",
             "sent",
             "TCP segments",
             "recv() calls",
@@ -630,18 +639,19 @@ def _table(report: Report, p: Params, msgs: list[bytes], outcomes: list[Outcome]
             "lost",
             "returned (first 3)",
         ],
-        ["", "", "", "", "", "", "", "", "", "B", "", ""],
+        ["", "", "", "", "", "", "", "", "", "", "B", "", ""],
         volatile=volatile,
     )
     for o in outcomes:
         label, rlabel = TRANSPORT_LABEL[o.transport], reader_label(o.reader, p)
         if o.na is not None:
-            t.add(label, rlabel, len(msgs), None, *([o.na] * 7), "-")
+            t.add(label, rlabel, None, len(msgs), None, *([o.na] * 7), "-")
             continue
         c = tally(o, msgs)
         t.add(
             label,
             rlabel,
+            _began(o, p),
             len(msgs),
             o.segments,
             o.calls,
@@ -655,6 +665,21 @@ def _table(report: Report, p: Params, msgs: list[bytes], outcomes: list[Outcome]
         )
 
 
+def _began(o: Outcome, p: Params) -> str:
+    """When the reader started: after the sender's last send() (the late receiver), or
+    while the sender was still writing (concurrent, or late but the buffers could not
+    hold every message)."""
+    return "after last send" if p.receiver == "late" and o.settled else "during sends"
+
+
+def _when(o: Outcome, p: Params) -> str:
+    if p.receiver == "concurrent":
+        return "read concurrently"
+    if o.settled:
+        return "read after the last send()"
+    return "read while the sender was still writing (the buffers could not hold it all)"
+
+
 def _find(outcomes: list[Outcome], transport: str, reader: str) -> Outcome | None:
     for o in outcomes:
         if o.transport == transport and o.reader == reader and o.na is None:
@@ -662,7 +687,7 @@ def _find(outcomes: list[Outcome], transport: str, reader: str) -> Outcome | Non
     return None
 
 
-def _sizes_text(units: list[bytes]) -> str:
+def _read_sizes(units: list[bytes]) -> str:
     shown = ", ".join(f"{len(u):,}" for u in units[:4])
     return shown + (f" … ({len(units)} reads)" if len(units) > 4 else "")
 
@@ -679,7 +704,8 @@ def _grouped(
         c = tally(o, msgs)
         sizes = [len(u) for u in o.units]
         for names, first, tal in groups:
-            if tal == c and [len(u) for u in first.units] == sizes:
+            same_start = first.settled == o.settled
+            if tal == c and same_start and [len(u) for u in first.units] == sizes:
                 names.append(t)
                 break
         else:
@@ -702,14 +728,13 @@ def _findings(report: Report, p: Params, msgs: list[bytes], outcomes: list[Outco
     k = len(msgs)
     total = sum(len(m) for m in msgs)
     f = report.findings
-    when = "read after the sender closed" if p.receiver == "late" else "read concurrently"
     streams = ("tcp", "tcp-nodelay", "unix-stream")
     # 1. Byte streams with one recv(read_size) per message.
     for names, o, c in _grouped(outcomes, streams, "recv", msgs):
         got = sum(len(u) for u in o.units)
         f.append(
-            f"{_names(names)}, recv({p.read_size}) {when}: {k} messages ({total:,} B) came "
-            f"back as {len(o.units)} reads of {_sizes_text(o.units)} B: {c.intact} intact, "
+            f"{_names(names)}, recv({p.read_size}) {_when(o, p)}: {k} messages ({total:,} B) came "
+            f"back as {len(o.units)} reads of {_read_sizes(o.units)} B: {c.intact} intact, "
             f"{c.merged} merged, {c.split} split; {got:,} of {total:,} bytes arrived, in order."
         )
     # What went on the wire, beside what the reads returned.
@@ -732,7 +757,8 @@ def _findings(report: Report, p: Params, msgs: list[bytes], outcomes: list[Outco
         if intact < k:
             f.append(
                 f"{head}, yet recv({p.read_size}) returned {reads} reads with {intact} "
-                "message(s) intact: the receive queue keeps bytes, not segments."
+                "message(s) intact: recv() copies bytes across segment boundaries, so "
+                "segments are not messages either."
             )
         else:
             f.append(
@@ -770,8 +796,8 @@ def _findings(report: Report, p: Params, msgs: list[bytes], outcomes: list[Outco
             returned = f" (returned {_preview(o.units)})" if c.intact == 0 else ""
             f.append(
                 f"{head}: every boundary kept ({c.merged} merged, {c.split} split), but "
-                f"{c.truncated} of {k} messages were longer than {size:,} B and came back cut "
-                f"to {size:,} B{returned}; the kernel discarded the other {c.discarded:,} B "
+                f"{c.truncated} of {k} messages came back cut to the {size:,} B buffer"
+                f"{returned}; the kernel discarded the other {c.discarded:,} B "
                 f"and set MSG_TRUNC on {o.msg_trunc} read(s); {c.intact} intact, "
                 f"{_lost_text(c, o)}."
             )
@@ -873,7 +899,8 @@ def _notes(report: Report, p: Params, outcomes: list[Outcome]) -> None:
             "UDP (udp(7)) and SOCK_SEQPACKET (unix(7)) keep message boundaries: one send() is "
             "one read. A buffer smaller than the datagram returns its first bytes and the "
             "kernel discards the rest; recvmsg() reports it with MSG_TRUNC in msg_flags "
-            "(recv(2)). Windows raises WSAEMSGSIZE instead of truncating silently.",
+            "(recv(2)). Windows (documented, not measured here) fails such a read with "
+            "WSAEMSGSIZE instead of returning the head quietly.",
             "Length prefix: struct '!I' is network byte order and unsigned, identical on every "
             "host (the tutorials' struct.pack('i', n) is native order and signed). On a stream "
             "both the 4-byte header and the payload are read in loops, because recv(4) may "
@@ -892,14 +919,16 @@ def _notes(report: Report, p: Params, outcomes: list[Outcome]) -> None:
             "inodes under Endpoints). TCP and UDP use ephemeral loopback ports: check with "
             "tcpdump -i lo -nn 'port <port>' (one packet per datagram, and TCP segments that "
             "do not match the reads).",
-            "macOS: AF_UNIX SOCK_SEQPACKET is not available (socketpair fails; the rows show "
-            "n/a). Windows: AF_UNIX supports SOCK_STREAM only.",
+            "Other platforms (documented, not measured here): macOS has no AF_UNIX "
+            "SOCK_SEQPACKET (socketpair() fails, and those rows show n/a); Windows' AF_UNIX "
+            "is SOCK_STREAM only.",
         ]
     )
     if p.receiver == "late":
         report.notes.append(
-            "Receiver 'late': reading starts once the sender has closed and, on a byte stream, "
-            "SIOCINQ (tcp(7), unix(7)) shows every byte queued at the receiver; if the buffers "
-            f"stop filling for {STALL_S:g} s first, the receiver starts anyway and a finding "
-            "says so."
+            "Receiver 'late': on a byte stream, reading starts once SIOCINQ (tcp(7), "
+            "unix(7)) shows every byte queued at the receiver; on a datagram transport, once "
+            "the sender has finished. If the buffers stop filling for "
+            f"{STALL_S:g} s first, the receiver starts anyway: the 'reading began' column "
+            "says 'during sends' and a finding says so."
         )

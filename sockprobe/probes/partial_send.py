@@ -38,7 +38,7 @@ well under a second and a half.
 
 from __future__ import annotations
 
-import select
+import selectors
 import socket
 import sys
 import time
@@ -219,6 +219,20 @@ def _row(
 def _nonblocking(pair: Pair, data: memoryview, p: Params, deadline: Deadline) -> list[Call]:
     c = pair.sender
     c.setblocking(False)
+    # A selector, not select.select(), which fails on descriptors above FD_SETSIZE (1024).
+    with selectors.DefaultSelector() as writable:
+        writable.register(c, selectors.EVENT_WRITE)
+        return _offer_nonblocking(pair, data, p, deadline, writable)
+
+
+def _offer_nonblocking(
+    pair: Pair,
+    data: memoryview,
+    p: Params,
+    deadline: Deadline,
+    writable: selectors.BaseSelector,
+) -> list[Call]:
+    c = pair.sender
     calls: list[Call] = []
     total = 0
     t0 = last_accept = time.monotonic()
@@ -235,7 +249,7 @@ def _nonblocking(pair: Pair, data: memoryview, p: Params, deadline: Deadline) ->
             if quiet_left <= 0:
                 break
             # Wake when the kernel reports room, or after POLL_STEP regardless.
-            select.select([], [c], [], min(quiet_left, POLL_STEP))
+            writable.select(min(quiet_left, POLL_STEP))
             continue
         total += n
         last_accept = time.monotonic()
@@ -287,7 +301,7 @@ def _sendall(pair: Pair, data: memoryview, p: Params, deadline: Deadline) -> lis
             ) from None
         waited = time.monotonic() - t0
         return [_row(pair, t0, len(data), None, None, f"TimeoutError after {waited:.2f} s")]
-    return [_row(pair, t0, len(data), len(data), len(data), "returned None (all sent)")]
+    return [_row(pair, t0, len(data), len(data), len(data), "returned None (all accepted)")]
 
 
 SENDERS = {"nonblocking": _nonblocking, "timeout": _timeout_mode, "sendall": _sendall}
@@ -536,6 +550,25 @@ def _kib(v: int) -> str:
     return f"{v / 1024:g} KiB" if v % 1024 == 0 else f"{v:,} B"
 
 
+def _span(values: list[int]) -> str:
+    """[1, 2, 1] -> '1 to 2'; [1, 1] -> '1'."""
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo} to {hi}"
+
+
+def _buffer_verb(requested: int, effective: int, cap_name: str) -> str:
+    """How setsockopt's value became what getsockopt read back (socket(7): the request is
+    capped at the sysctl maximum, then doubled; a floor applies to tiny requests)."""
+    cap = kernel.sysctl_int(cap_name)
+    if effective == 2 * requested:
+        return "doubled"
+    if cap is not None and requested > cap and effective == 2 * cap:
+        return f"capped at {cap_name} ({_n(cap)}) and doubled"
+    if effective > 2 * requested:
+        return "raised to the kernel's floor"
+    return "not doubled" if effective == requested else "changed"
+
+
 def _nonblocking_story(sc: Scenario) -> str:
     """'32,768 + 8,192 B, then EAGAIN; 16,384 B more at +42 ms': the calls that accepted
     bytes, grouped into bursts separated by runs of EAGAIN."""
@@ -559,14 +592,13 @@ def _nonblocking_story(sc: Scenario) -> str:
 def _findings(report: Report, p: Params, results: list[Scenario]) -> None:
     if not results:
         return
-    sb = {sc.sndbuf for sc in results}
-    rb = {sc.rcvbuf for sc in results}
-    eff_snd, eff_rcv = max(sb), max(rb)
-    verb_s = "doubled" if eff_snd == 2 * p.sndbuf else "set"
-    verb_r = "doubled" if eff_rcv == 2 * p.rcvbuf else "set"
+    eff_snd = max(sc.sndbuf for sc in results)
+    eff_rcv = max(sc.rcvbuf for sc in results)
     report.findings.append(
-        f"The kernel {verb_s} SO_SNDBUF {_n(p.sndbuf)} → {_n(eff_snd)} B and {verb_r} "
-        f"SO_RCVBUF {_n(p.rcvbuf)} → {_n(eff_rcv)} B (getsockopt after setsockopt)."
+        f"Read back with getsockopt after setsockopt: SO_SNDBUF {_n(p.sndbuf)} → "
+        f"{_n(eff_snd)} B ({_buffer_verb(p.sndbuf, eff_snd, 'net.core.wmem_max')}), "
+        f"SO_RCVBUF {_n(p.rcvbuf)} → {_n(eff_rcv)} B "
+        f"({_buffer_verb(p.rcvbuf, eff_rcv, 'net.core.rmem_max')})."
     )
     by = {(sc.placement, sc.mode): sc for sc in results}
     for pl in PLACEMENTS:
@@ -621,7 +653,9 @@ def _findings(report: Report, p: Params, results: list[Scenario]) -> None:
                     f"carries no count{held}; the receiver drained {_n(sa.drained)} B."
                 )
             else:
-                report.findings.append(f"{where}: sendall() sent all {_n(p.size)} B.")
+                report.findings.append(
+                    f"{where}: sendall() returned: the kernel accepted all {_n(p.size)} B."
+                )
     nbs = [by.get((pl, "nonblocking")) for pl in PLACEMENTS]
     if all(x is not None and x.accepted is not None for x in nbs):
         a, b = (x.accepted for x in nbs if x is not None)
@@ -631,25 +665,34 @@ def _findings(report: Report, p: Params, results: list[Scenario]) -> None:
                 f"listener before listen() vs {_n(b)} B on the accepted socket, with the "
                 f"same effective sizes."
             )
+    bad = [sc for sc in results if not (sc.accounted and sc.intact)]
     dropped = [sc for sc in results if isinstance(sc.rcv_drops, int) and sc.rcv_drops > 0]
     if dropped:
-        d_counts = sorted({sc.rcv_drops for sc in dropped if isinstance(sc.rcv_drops, int)})
-        r_counts = sorted({sc.retrans for sc in dropped if sc.retrans is not None})
+        d_counts = [sc.rcv_drops for sc in dropped if isinstance(sc.rcv_drops, int)]
+        r_counts = [sc.retrans for sc in dropped if sc.retrans is not None]
+        resent = (
+            f" and the sender retransmitted {_span(r_counts)} segment(s) by the end of the "
+            "drain (tcpi_total_retrans)"
+            if r_counts
+            else ""
+        )
+        outcome = ": the loss stayed inside TCP; no application byte was missing" if not bad else ""
         report.findings.append(
             f"Under the hood, in {len(dropped)} of {len(results)} scenarios the receiving "
-            f"kernel dropped {' to '.join(str(d) for d in d_counts)} segment(s) that arrived "
-            "with its buffer full (sock_diag SK_MEMINFO_DROPS, ss's skmem d) and the sender "
-            f"retransmitted {' to '.join(str(r) for r in r_counts)} segment(s) by the end of "
-            "the drain (tcpi_total_retrans): the loss stayed inside TCP; no application byte "
-            "was missing."
+            f"kernel dropped {_span(d_counts)} segment(s) that arrived with its buffer full "
+            f"(sock_diag SK_MEMINFO_DROPS, ss's skmem d){resent}{outcome}."
         )
-    bad = [sc for sc in results if not (sc.accounted and sc.intact)]
     if not bad:
         total = ", ".join(_n(sc.drained) for sc in results)
+        short = any(sc.drained < p.size for sc in results)
         report.findings.append(
-            f"Drained, all {len(results)} scenarios: every byte the sender's calls accepted "
-            f"arrived, in order, byte for byte ({total} B), and nothing more. Nothing was "
-            "lost: send() returned less, and the caller owns the rest."
+            f"Drained, all {len(results)} scenarios: every byte the sender's kernel accepted "
+            f"arrived, in order, byte for byte ({total} B), and nothing more."
+            + (
+                " Nothing was lost: the calls took less than offered, and the caller owns the rest."
+                if short
+                else ""
+            )
         )
     else:
         for sc in bad:
@@ -662,18 +705,27 @@ def _findings(report: Report, p: Params, results: list[Scenario]) -> None:
                 f"{PLACEMENT_TEXT[sc.placement]}, {MODE_TEXT[sc.mode]}: MISMATCH, {what}."
             )
     head = []
+    amounts: list[int] = []
     for pl in PLACEMENTS:
         first = next((sc for sc in results if sc.placement == pl), None)
         if first is None:
             continue
         amount = first.accepted if first.accepted is not None else first.kernel_count
         if amount is not None:
+            amounts.append(amount)
             head.append(f"{_n(amount)} B (SO_RCVBUF on {pl})")
-    report.summary = (
-        f"send() took {' / '.join(head)} of {_n(p.size)} B before the buffers were full; "
-        if head
-        else ""
-    ) + ("all drained intact, nothing lost" if not bad else "DRAIN MISMATCH: see findings")
+    if not head:
+        took = ""
+    elif all(a >= p.size for a in amounts):
+        took = f"the sender's kernel took all {_n(p.size)} B; "
+    else:
+        took = (
+            f"the sender's kernel took {' / '.join(head)} of {_n(p.size)} B before the "
+            "buffers were full; "
+        )
+    report.summary = took + (
+        "all drained intact, nothing lost" if not bad else "DRAIN MISMATCH: see findings"
+    )
 
 
 def _notes(report: Report) -> None:
@@ -688,10 +740,13 @@ def _notes(report: Report) -> None:
             "sendall() keeps calling send() and, on timeout, raises without saying how much "
             "went (the Python docs say so). SIOCOUTQ (sender) + SIOCINQ (receiver), tcp(7), "
             "tell how much the kernel holds.",
-            "socket(7): the kernel doubles SO_SNDBUF and SO_RCVBUF for bookkeeping, within "
-            "net.core.wmem_max / rmem_max. tcp(7): set buffer sizes before listen() (inherited "
-            "by accepted sockets) or connect(), or the handshake advertises a window sized "
-            "for the default buffer, as the 'accepted' rows show.",
+            "socket(7): the kernel caps a SO_SNDBUF / SO_RCVBUF request at "
+            "net.core.wmem_max / rmem_max and then doubles it for bookkeeping overhead "
+            "(tiny requests are raised to a floor). tcp(7): set buffer sizes before listen() "
+            "(inherited by accepted sockets) or connect(); set later, as in the 'accepted' "
+            "rows, the handshake has already advertised a window sized for the default "
+            "buffer (tcp_rmem[1]) and a window scale sized for the largest one (tcp_rmem[2], "
+            "rmem_max): compare the SYN-ACKs in a capture of the endpoints below.",
             "Accepted is not the same as delivered at once: the receiver's window counts "
             "payload, its buffer counts each segment's whole allocation, so a segment inside "
             "the advertised window can still find the buffer full. The receiving kernel drops "
@@ -704,8 +759,10 @@ def _notes(report: Report) -> None:
             "Check by hand while the receiver is idle: `ss -tmi` shows Send-Q/Recv-Q and the "
             "skmem buffers for the endpoints listed below; the per-scenario table shows the "
             "same Send-Q/Recv-Q read through sock_diag, the interface ss uses.",
-            "Windows: non-blocking send() fails with WSAEWOULDBLOCK (10035), buffers are not "
-            "doubled, and there is no SIOCOUTQ. macOS: buffers are not doubled; FIONREAD "
-            "counts unread bytes, SO_NWRITE unsent ones; SIOCOUTQ does not exist.",
+            "Other platforms (documented, not measured here): Windows: non-blocking send() "
+            "fails with WSAEWOULDBLOCK (10035), SO_SNDBUF/SO_RCVBUF read back as set (not "
+            "doubled), and there is no SIOCOUTQ. macOS: buffers are not doubled; there is no "
+            "SIOCOUTQ, but SO_NWRITE reads the bytes still in the send buffer (sent or not, "
+            "until acknowledged) and FIONREAD the unread bytes in the receive buffer.",
         ]
     )

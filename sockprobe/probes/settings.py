@@ -161,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
         "backlog",
         _choice(
             {
-                "0": "its final ACK is dropped and the client retries",
+                "0": "its final ACK is ignored; the SYN-ACK is resent, and a later ACK "
+                "completes the handshake if the queue has room by then",
                 "1": "reset (SYNs meeting a full queue are still dropped)",
             }
         ),
@@ -205,7 +206,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ms",
         "age a TIME_WAIT socket needs before tcp_tw_reuse may take its port",
         "reuseaddr",
-        lambda v, _a: f"reusable {v} ms after entering TIME_WAIT",
+        lambda v, _a: f"reusable once its last received segment is {v} ms old",
     ),
     Setting(
         "net.ipv4.tcp_migrate_req",
@@ -252,7 +253,11 @@ SETTINGS: tuple[Setting, ...] = (
         "µs",
         "floor on the retransmission timeout (RTO)",
         "kernel (timers)",
-        lambda v, _a: f"no RTO below {int(v) / 1000:g} ms" if v.isdigit() else v,
+        lambda v, _a: (
+            f"no RTO below {int(v) / 1000:g} ms unless a route or socket option sets another"
+            if v.isdigit()
+            else v
+        ),
     ),
     Setting(
         "net.ipv4.ip_local_port_range",
@@ -299,7 +304,7 @@ SETTINGS: tuple[Setting, ...] = (
         "B",
         "cap on setsockopt(SO_RCVBUF), which the kernel then doubles",
         "udp-truncate, partial-send, kernel",
-        _bytes("SO_RCVBUF reads back at most {:,} B", 2),
+        _bytes("SO_RCVBUF set with setsockopt() reads back at most {:,} B", 2),
     ),
     Setting(
         "net.core.wmem_default",
@@ -313,7 +318,7 @@ SETTINGS: tuple[Setting, ...] = (
         "B",
         "cap on setsockopt(SO_SNDBUF), which the kernel then doubles",
         "partial-send, kernel",
-        _bytes("SO_SNDBUF reads back at most {:,} B", 2),
+        _bytes("SO_SNDBUF set with setsockopt() reads back at most {:,} B", 2),
     ),
     Setting(
         "net.ipv4.tcp_rmem",
@@ -605,7 +610,11 @@ def _findings(
     read = len(values) - len(missing)
     f.append(
         f"{read} of {len(values)} settings read from /proc/sys"
-        + (f"; not on this kernel: {', '.join(missing)}." if missing else ".")
+        + (
+            f"; absent on this kernel or in this network namespace: {', '.join(missing)}."
+            if missing
+            else "."
+        )
     )
     if new_checks:
         bad = [c for c in new_checks if c.agrees is False]
@@ -653,16 +662,20 @@ def _findings(
         f.append(s)
     rto = by.get("RTO of a fresh loopback connection")
     if rto is not None and isinstance(rto.measured, float):
-        f.append(
-            f"A fresh loopback connection's RTO read {rto.measured:g} ms against a floor of "
-            f"{_fmt(values.get('net.ipv4.tcp_rto_min_us'))} µs (tcp_rto_min_us)."
+        floor = _ints(raw.get("net.ipv4.tcp_rto_min_us") or "")
+        against = (
+            f" against a floor of {floor[0] / 1000:g} ms (tcp_rto_min_us {floor[0]:,} µs)"
+            if floor
+            else ""
         )
+        f.append(f"A fresh loopback connection's RTO read {rto.measured:g} ms{against}.")
     lohi = _ints(raw.get("net.ipv4.ip_local_port_range") or "")
     if len(lohi) == 2:
         res = reserved_ports(raw.get("net.ipv4.ip_local_reserved_ports") or "")
         f.append(
             f"Ephemeral ports: {lohi[1] - lohi[0] + 1:,} ({lohi[0]}-{lohi[1]}), {res:,} "
-            "reserved; every bind(port 0) and connect() without a bind takes one."
+            "reserved; bind(port 0) and a connect() without bind() pick their local port "
+            "here (connect() may share one local port among different destinations)."
         )
     report.summary = _headline(values, timers, read)
 
@@ -709,9 +722,10 @@ def _notes(report: Report) -> None:
             "and the new socket (sockprobe reuseaddr); tcp_tw_reuse only affects connect().",
             "The timer check leaves one TIME_WAIT socket on an ephemeral loopback port for "
             "60 s (its port is under Endpoints: `ss -tan state time-wait`).",
-            "macOS: sysctl kern.ipc.somaxconn, net.inet.ip.portrange.first/last, "
-            "net.inet.tcp.msl (TIME_WAIT is 2 x MSL). Windows: `netsh int ipv4 show "
-            "dynamicport tcp` and the TcpTimedWaitDelay registry value. sockprobe reads "
-            "neither yet, so every value there is n/a.",
+            "Other platforms (documented, not measured here): macOS has sysctl "
+            "kern.ipc.somaxconn, net.inet.ip.portrange.first/last and net.inet.tcp.msl (in "
+            "ms; TIME_WAIT lasts 2 x MSL). Windows has `netsh int ipv4 show dynamicport tcp` "
+            "and the TcpTimedWaitDelay registry value. sockprobe reads neither yet, so every "
+            "value there is n/a.",
         ]
     )

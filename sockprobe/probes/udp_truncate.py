@@ -20,7 +20,8 @@ Five experiments, each on fresh UDP sockets on the lab host:
    drop count (socket(7)). The host-wide Udp RcvbufErrors delta is shown beside them as
    context only: every other socket on the host moves it too.
 5. ICMP port unreachable: a connected socket, an unconnected one and an unconnected one
-   with IP_RECVERR each send to a port nobody holds, then try one recv().
+   with IP_RECVERR each send to a port on which no socket receives from them, then try
+   one recv().
 """
 
 from __future__ import annotations
@@ -179,15 +180,19 @@ def _family_hosts(host: Host) -> list[Host]:
 def _limit(lab: Lab, host: Host) -> LimitRow:
     fam = "IPv6" if host.is_v6 else "IPv4"
     row = LimitRow(fam, host.address, arithmetic=udp.udp_payload_limit(host.family))
-    rx = lab.open_socket(socket.SOCK_DGRAM, family=host.family)
-    tx = lab.open_socket(socket.SOCK_DGRAM, family=host.family)
+    opened: list[socket.socket] = []
     try:
+        # socket() itself fails (EAFNOSUPPORT) where the family is compiled out or
+        # disabled; bind() fails (EADDRNOTAVAIL) where the loopback address is missing.
+        opened.append(lab.open_socket(socket.SOCK_DGRAM, family=host.family))
+        opened.append(lab.open_socket(socket.SOCK_DGRAM, family=host.family))
+        rx, tx = opened
         rx.bind(host.sockaddr(0))
         tx.connect(rx.getsockname())
     except OSError as exc:
         row.unavailable = f"{fam} {host.address} unavailable here: {oserror_text(exc)}"
-        lab.close(rx)
-        lab.close(tx)
+        for s in opened:
+            lab.close(s)
         return row
     lab.record(f"{fam} limit receiver", rx)
     lab.record(f"{fam} limit sender", tx)
@@ -293,6 +298,7 @@ def _overflow(lab: Lab, p: Params) -> Overflow:
     errors = 0
     tx.settimeout(_recv_timeout(lab, 2.0, "sending the burst"))
     for seq in range(p.burst):
+        lab.deadline.check("sending the burst")
         try:
             tx.send(seq.to_bytes(4, "big") + body)
         except (BlockingIOError, TimeoutError):
@@ -351,19 +357,26 @@ class IcmpRow:
     noports: int | None
 
 
-def _closed_port(lab: Lab) -> int:
-    """A port nobody holds: bind an ephemeral one and close it. Another program could
-    take it in the microseconds before the send; the row would then show no error."""
-    s = lab.open_socket(socket.SOCK_DGRAM)
-    s.bind(lab.host.sockaddr(0))
-    port: int = s.getsockname()[1]
-    lab.close(s)
-    return port
+def _unreachable_port(lab: Lab) -> socket.socket:
+    """A UDP socket that holds a port but receives nothing from anyone else.
+
+    Closing a port and hoping it stays free is a race (another program may bind it before
+    the send). Instead the port stays bound, by a socket connected to its own address: the
+    kernel's UDP lookup skips a connected socket for any datagram whose source is not that
+    socket's peer, so a datagram from another port finds no socket, is counted in
+    Udp NoPorts, and draws an ICMP port unreachable, exactly as for a closed port. And no
+    other socket can bind the port meanwhile (this one sets no SO_REUSEADDR/REUSEPORT).
+    """
+    holder = lab.open_socket(socket.SOCK_DGRAM)
+    holder.bind(lab.host.sockaddr(0))
+    holder.connect(holder.getsockname())
+    lab.record("icmp port holder (connected to itself)", holder)
+    return holder
 
 
 def _icmp(lab: Lab, kind: str, p: Params) -> IcmpRow:
-    port = _closed_port(lab)
-    dest = lab.host.sockaddr(port)
+    holder = _unreachable_port(lab)
+    dest = lab.host.sockaddr(holder.getsockname()[1])
     s = lab.open_socket(socket.SOCK_DGRAM)
     recverr: bool | None = None
     if kind == "unconnected + IP_RECVERR":
@@ -398,6 +411,7 @@ def _icmp(lab: Lab, kind: str, p: Params) -> IcmpRow:
     after_ms = (time.perf_counter() - t0) * 1000
     noports1 = _udp_counter(lab.host.family, "NoPorts")
     lab.close(s)
+    lab.close(holder)
     return IcmpRow(
         kind,
         recverr,
@@ -507,7 +521,8 @@ def _tables(
     bt.add(len(BOUNDARY_SIZES) + 1, None, bounds.after, None)
 
     ot = report.table(
-        f"Receive-queue overflow: {p.burst} datagrams of {p.burst_size:,} B, receiver not reading",
+        f"Receive-queue overflow: {p.burst:,} datagrams of {p.burst_size:,} B, "
+        "receiver not reading",
         [
             "sent",
             "SO_RCVBUF requested",
@@ -519,7 +534,7 @@ def _tables(
             f"{group} RcvbufErrors Δ (host-wide)",
             "send() errors",
         ],
-        ["datagrams", "B", "B", "B", "datagrams", "datagrams", "datagrams", "", ""],
+        ["datagrams", "B", "B", "B", "datagrams", "datagrams", "datagrams", "", "datagrams"],
         volatile=[
             "queued (/proc rx_queue)",
             "delivered",
@@ -624,18 +639,23 @@ def _findings(
             f"With a {_n(p.bufsize)} B buffer, {len(cut)} of {len(sweep)} datagrams "
             f"({sizes} B) came back as {' or '.join(_n(g) for g in got)} B {flag}{tail}."
         )
-        heads.append(f"datagrams over {_n(p.bufsize)} B truncated with MSG_TRUNC set")
+        heads.append(f"datagrams over {_n(p.bufsize)} B truncated, {flag}")
     elif read:
         report.findings.append(
-            f"Every datagram ({', '.join(_n(r.size) for r in read)} B) fitted the "
+            f"Every datagram read ({', '.join(_n(r.size) for r in read)} B) fitted the "
             f"{_n(p.bufsize)} B buffer and came back whole, MSG_TRUNC clear."
         )
-    failed = [r for r in sweep if r.send_error is not None]
-    if failed:
+    too_big = [r for r in sweep if r.send_error == "EMSGSIZE"]
+    if too_big:
         report.findings.append(
             "send() refused "
-            + ", ".join(f"{_n(r.size)} B ({r.send_error})" for r in failed)
-            + ": larger than the largest datagram."
+            + ", ".join(f"{_n(r.size)} B" for r in too_big)
+            + " with EMSGSIZE: larger than the largest datagram."
+        )
+    failed = [r for r in sweep if r.send_error not in (None, "EMSGSIZE")]
+    if failed:
+        report.findings.append(
+            "Failed: " + ", ".join(f"{_n(r.size)} B ({r.send_error})" for r in failed) + "."
         )
     missing = [r for r in sweep if r.missing]
     if missing:
@@ -706,8 +726,9 @@ def _findings(
             parts.append(f"the {r.kind} one's next recv() raised {r.recv_outcome}{when}")
     noports = [r.noports for r in icmp if r.noports is not None]
     np_text = (
-        f" {group} NoPorts (host-wide) moved by {', '.join(str(n) for n in noports)}: "
-        "each datagram reached a port with no socket."
+        f" {group} NoPorts, which counts datagrams that found no receiving socket, rose by "
+        f"{', '.join(str(n) for n in noports)} across the {len(noports)} sends (host-wide: "
+        "other traffic adds to it)."
         if noports
         else ""
     )
@@ -741,10 +762,18 @@ def _notes(report: Report) -> None:
             "also goes to the error queue, MSG_ERRQUEUE). udp(7)'s error-handling paragraph "
             "reads as if unconnected sockets always got the error; this run shows what "
             "this kernel did.",
-            "Windows: a datagram larger than the buffer fails the receive with WSAEMSGSIZE "
-            "(10040) instead of truncating quietly, and an ICMP port unreachable makes even "
-            "an unconnected socket's next recvfrom() fail with WSAECONNRESET (10054) unless "
-            "SIO_UDP_CONNRESET is turned off. macOS: MSG_TRUNC is set in the flags, but no "
-            "SO_RXQ_OVFL and no /proc; `netstat -s -p udp` shows host-wide full-buffer drops.",
+            "The 'closed' port is held by a socket connected to its own address, so no other "
+            "program can take it during the run; the kernel delivers a datagram to a "
+            "connected UDP socket only from its peer, so ours found no socket, as at a "
+            "closed port (the holder is listed under Endpoints).",
+            "Other platforms (documented, not measured here): Windows fills the buffer with "
+            "the head of a too-large datagram but fails the receive with WSAEMSGSIZE (10040) "
+            "instead of returning quietly, and an ICMP port unreachable makes even an "
+            "unconnected socket's next recvfrom() fail with WSAECONNRESET (10054) unless "
+            "SIO_UDP_CONNRESET is turned off. macOS sets MSG_TRUNC in the flags but does not "
+            "take it as an input flag, and has no SO_RXQ_OVFL and no /proc (`netstat -s -p "
+            "udp` shows host-wide full-buffer drops); there a datagram larger than the "
+            "socket's send buffer fails with EMSGSIZE, and that buffer defaults to the sysctl "
+            "net.inet.udp.maxdgram (9,216 B on many releases): raise SO_SNDBUF to send more.",
         ]
     )
