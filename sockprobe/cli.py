@@ -600,8 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    command = typer.main.get_command(app)
     try:
+        command = typer.main.get_command(app)
         rv = command.main(args=args, prog_name="sockprobe", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
