@@ -35,6 +35,8 @@ def _parse_fast(argv: list[str]) -> dict[str, str | bool] | None:
             continue
         name, eq, value = arg.partition("=")
         if name == "-f":
+            if eq:
+                return None  # click reads `-f=json` as the value "=json": typer's to reject
             name = "--format"
         if name in _VALUED:
             if not eq:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 import socket
 import stat
 import struct
@@ -63,6 +64,10 @@ HIDDEN = (
 UNFOUND = (
     "no process holds it in its fd table (a kernel socket, one in flight over a UNIX "
     "socket, or its process exited during the scan)"
+)
+ORPHAN = (
+    "no process: its owner already closed it (inode 0, an orphan) and the kernel is "
+    "finishing the close"
 )
 
 
@@ -200,12 +205,10 @@ class Held:
     """A socket on the port. A plain class whose sort key and labels are computed once:
     a busy port has thousands of these."""
 
-    __slots__ = ("is_tcp", "proto", "rank", "sock", "source", "state")
+    __slots__ = ("is_tcp", "proto", "rank", "sock", "state")
 
-    def __init__(self, sock: portdiag.PortSocket, source: str) -> None:
+    def __init__(self, sock: portdiag.PortSocket) -> None:
         self.sock = sock
-        #: "sock_diag" or "/proc/net" (no bound-inactive sockets, no V6ONLY there).
-        self.source = source
         self.is_tcp = sock.protocol == socket.IPPROTO_TCP
         v6 = "6" if sock.family == socket.AF_INET6 else ""
         st = sock.state
@@ -227,6 +230,13 @@ class Held:
     def kernel_only(self) -> bool:
         """TIME_WAIT and embryonic (NEW_SYN_RECV) sockets belong to no process."""
         return self.is_tcp and self.sock.state in (TIME_WAIT, NEW_SYN_RECV)
+
+    @property
+    def orphan(self) -> bool:
+        """A TCP socket its process has closed while the kernel finishes the close
+        (FIN_WAIT1/2, CLOSING, LAST_ACK): sock_diag reports inode 0 for it, since no
+        file refers to it any more."""
+        return self.is_tcp and self.sock.inode == 0 and not self.kernel_only
 
     @property
     def wildcard6(self) -> bool:
@@ -275,7 +285,7 @@ def _collect(
                 rows = portdiag.diag_port(
                     family, number, port, timeout=deadline.timeout(2.0, "querying sock_diag")
                 )
-                held.extend(Held(r, "sock_diag") for r in rows)
+                held.extend(Held(r) for r in rows)
             except OSError as exc:
                 problems.append(
                     f"sock_diag for {proto}{suffix} failed ({oserror_text(exc)}): read "
@@ -286,7 +296,7 @@ def _collect(
                         else ""
                     )
                 )
-                held.extend(Held(r, "/proc/net") for r in portdiag.proc_port(proto + suffix, port))
+                held.extend(Held(r) for r in portdiag.proc_port(proto + suffix, port))
     held.sort(key=lambda h: (h.rank, h.proto, h.sock.local, h.sock.remote))
     return held, problems
 
@@ -364,6 +374,15 @@ def _trials(lab: Lab, port: int, protocols: tuple[str, ...]) -> list[Trial]:
     return out
 
 
+def _has_bound_inactive_dump() -> bool:
+    """Linux 6.9 added the bound-inactive state to sock_diag (TCP_BOUND_INACTIVE)."""
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return True  # unknown: do not claim it is missing
+    return (major, minor) >= (6, 9)
+
+
 # -- ports: the diagnosis -------------------------------------------------------------------
 @dataclass
 class PortFacts:
@@ -398,6 +417,7 @@ def _facts(port: int) -> PortFacts:
             local_range = (lo, hi)
         except ValueError:
             pass
+    # The capability decides, not the uid: root in a container may lack it.
     cap = portdiag.has_capability(portdiag.CAP_NET_BIND_SERVICE)
     return PortFacts(
         port=port,
@@ -405,7 +425,7 @@ def _facts(port: int) -> PortFacts:
         local_range=local_range,
         reserved=kernel.sysctl("net.ipv4.ip_local_reserved_ports") or "",
         bindv6only=kernel.sysctl_int("net.ipv6.bindv6only"),
-        can_bind_low=os.geteuid() == 0 or bool(cap),
+        can_bind_low=cap if cap is not None else os.geteuid() == 0,
     )
 
 
@@ -427,6 +447,8 @@ class Scene:
 
     def missing(self, h: Held) -> str:
         """Why a socket has no owner row."""
+        if h.orphan:
+            return ORPHAN
         if not self.root and self.owners.denied and h.sock.uid != os.geteuid():
             return HIDDEN
         return UNFOUND
@@ -513,7 +535,7 @@ def _port_tables(report: Report, sc: Scene) -> None:
         None if f.unprivileged_start is None else str(f.unprivileged_start),
         None
         if f.unprivileged_start is None
-        else "below: needs root or CAP_NET_BIND_SERVICE"
+        else "below: needs CAP_NET_BIND_SERVICE (root has it)"
         if f.privileged
         else "at or above: any user may bind it",
     )
@@ -533,7 +555,7 @@ def _port_tables(report: Report, sc: Scene) -> None:
     )
     s.add(
         "net.ipv6.bindv6only",
-        f.bindv6only,
+        None if f.bindv6only is None else str(f.bindv6only),
         None
         if f.bindv6only is None
         else "a plain [::] bind is IPv6-only"
@@ -554,13 +576,25 @@ def _owner_text(sc: Scene, h: Held) -> str:
     owner = sc.owner(h)
     if owner is not None:
         return "held by " + _who(*owner)
-    if sc.missing(h) == HIDDEN:
+    missing = sc.missing(h)
+    if missing == HIDDEN:
         return (
-            f"owner hidden (the socket belongs to uid {h.sock.uid}, {user_name(h.sock.uid)}; "
-            f"other users' /proc/PID/fd cannot be read without root): run as root "
-            f"(sudo sockprobe port {sc.params.port}) to see the process"
+            f"held by a process of uid {h.sock.uid} ({user_name(h.sock.uid)}) that this user "
+            f"cannot see (other users' /proc/PID/fd needs root; sudo sockprobe port "
+            f"{sc.params.port} names it)"
         )
+    if missing == ORPHAN:
+        return "held by no process (closed by its owner; the kernel is finishing the close)"
     return "with no process holding it (" + UNFOUND.split(" (")[1]
+
+
+def _short_owner(owner: str) -> str:
+    """The owner text of a finding, shortened for the summary line."""
+    if owner.startswith("held by pid "):
+        return owner.removeprefix("held by ").split(" (user ")[0]
+    if owner.startswith("held by a process of uid"):
+        return "(owner hidden: run as root)"
+    return "(no process)"
 
 
 def _group(sc: Scene, rows: list[Held]) -> list[tuple[str, list[Held]]]:
@@ -611,20 +645,31 @@ def _port_findings(report: Report, sc: Scene) -> None:
             f"LISTEN on {_addrs(sc, rows)} {owner}: stop it or choose another port "
             "(SO_REUSEADDR does not help while a listener is open)."
         )
-        headline = headline or f"LISTEN {owner.split(' (')[0].removeprefix('held by ')}"
+        headline = headline or f"LISTEN {_short_owner(owner)}"
+    t4b = _trial(sc, "tcp")
     for owner, rows in _group(sc, bound):
+        reuse_text = ""
+        if t4b is not None and t4b.reuse == "ok":
+            reuse_text = (
+                " A bind with SO_REUSEADDR succeeds now (measured: the holder set it too), "
+                "but of two such sockets only the first to call listen() gets the port."
+            )
         f.append(
             f"A TCP socket bound but not listening holds the port: {_addrs(sc, rows)} {owner}. "
-            "ss and /proc/net/tcp do not list it (sock_diag's bound-inactive dump found it, "
-            "state 7), yet it makes binds fail: the process must close it or call listen()."
+            "/proc/net/tcp and the default output of ss do not list it (sock_diag's "
+            "bound-inactive dump found it, state 7), yet it makes binds fail. Stop that "
+            "process or have it close the socket (calling listen() on it would only turn it "
+            "into a listener that keeps the port), or choose another port." + reuse_text
         )
         headline = headline or "a TCP socket bound but not listening"
     for owner, rows in _group(sc, udp):
         f.append(
             f"UDP socket{'s' if len(rows) > 1 else ''} on {_addrs(sc, rows)} {owner}: "
-            "UDP and TCP ports are separate, so it blocks UDP binds only."
+            "UDP and TCP ports are separate, so it blocks UDP binds only; stop it or "
+            "choose another port (two UDP sockets share a port only if both set "
+            "SO_REUSEADDR or SO_REUSEPORT)."
         )
-        headline = headline or f"UDP {owner.split(' (')[0].removeprefix('held by ')}"
+        headline = headline or f"UDP {_short_owner(owner)}"
     if conns:
         states = Counter(h.state for h in conns)
         mix = ", ".join(f"{n:,} {s}" for s, n in states.most_common())
@@ -636,16 +681,22 @@ def _port_findings(report: Report, sc: Scene) -> None:
             shown_conns = [h for h in sc.shown if h.is_tcp and h.rank == 4]
             owners = sorted({o for o, _ in _group(sc, shown_conns)})
             t4c = _trial(sc, "tcp")
+            plain_c: Cell = "?" if t4c is None else t4c.plain
             works = t4c is not None and t4c.reuse == "ok"
+            verb = "uses" if len(conns) == 1 else "use"
             f.append(
-                f"No listener, but {_n(len(conns), 'TCP connection')} still use local port "
-                f"{port} ({mix}), {'; '.join(owners[:3])}: a plain bind fails until they "
-                "close; "
+                f"No listener, but {_n(len(conns), 'TCP connection')} still {verb} local "
+                f"port {port} ({mix}), {'; '.join(owners[:3])}: connections a server "
+                "accepted before its listener closed, or outgoing connections that took "
+                f"{port} as their source port. Measured now: a plain bind on 0.0.0.0 gives "
+                f"{plain_c}; "
                 + (
-                    "a bind with SO_REUSEADDR succeeds now (measured), so set it on the "
-                    "server socket."
+                    "one with SO_REUSEADDR succeeds (they set it too), so set SO_REUSEADDR "
+                    "on the server socket."
                     if works
-                    else "a bind with SO_REUSEADDR fails now too (measured)."
+                    else "one with SO_REUSEADDR fails too (they did not set it): wait until "
+                    "they close (a side that closes first then leaves TIME_WAIT for 60 s), "
+                    "stop their process, or choose another port."
                 )
             )
             headline = headline or f"{_n(len(conns), 'TCP connection')} without a listener"
@@ -662,26 +713,28 @@ def _port_findings(report: Report, sc: Scene) -> None:
             if reuse == "ok":
                 verdict = (
                     f"measured now: a plain bind on 0.0.0.0 gives {plain}, one with "
-                    "SO_REUSEADDR succeeds, so the old socket had set it"
+                    "SO_REUSEADDR succeeds, so the sockets that left them had set it"
                 )
             else:
                 verdict = (
                     f"measured now: a plain bind on 0.0.0.0 gives {plain} and one with "
-                    f"SO_REUSEADDR gives {reuse}, so the old socket had not set it: "
-                    f"wait {left:.0f} s, or fix the server so the next restart works"
+                    f"SO_REUSEADDR gives {reuse}, so the sockets that left them had not "
+                    f"set it (a server that did not, or an outgoing connection that used "
+                    f"{port} as its source port and closed first): wait about {left:.0f} s, "
+                    "or fix the server so the next restart works"
                 )
             f.append(
                 f"Only TIME_WAIT sockets remain on port {port} ({len(tw):,}), the last "
-                f"gone within {left:.0f} s (TIME_WAIT lasts 60 s on Linux): {fix}; "
+                f"gone in about {left:.0f} s (TIME_WAIT lasts 60 s on Linux): {fix}; "
                 f"{verdict}."
             )
             headline = headline or (
-                f"only {_n(len(tw), 'TIME_WAIT socket')}, gone within {left:.0f} s"
+                f"only {_n(len(tw), 'TIME_WAIT socket')}, gone in about {left:.0f} s"
             )
         else:
             f.append(
                 f"{_n(len(tw), 'TIME_WAIT socket')} on the port as well, the last gone "
-                f"within {left:.0f} s."
+                f"in about {left:.0f} s."
             )
     if held:
         parts = []
@@ -706,38 +759,54 @@ def _port_findings(report: Report, sc: Scene) -> None:
             "--limit 0 shows all."
         )
 
+    fx = sc.facts
+    eacces = fx.privileged and any(e == "EACCES" for e in plain_fail.values())
     if not held:
         if not plain_fail:
             f.append(
-                f"Port {port} is free ({' and '.join(sc.params.protocols).upper()}): no "
-                f"socket uses it in this network namespace and a plain bind on "
+                f"Port {port} is free ({' and '.join(p.upper() for p in sc.params.protocols)}):"
+                f" no socket uses it in this network namespace and a plain bind on "
                 f"{wild_label} succeeds now."
             )
             headline = "free: no socket, a plain bind succeeds"
+        elif eacces:
+            headline = (
+                f"privileged port: this process may not bind below "
+                f"ip_unprivileged_port_start ({fx.unprivileged_start})"
+            )
         else:
             errs = ", ".join(f"{p} {e}" for p, e in plain_fail.items())
-            why = (
-                "this process may not bind below ip_unprivileged_port_start"
-                if any(e == "EACCES" for e in plain_fail.values())
-                else "no socket listed by sock_diag explains it"
-            )
             f.append(
                 f"No socket uses port {port} here, yet a plain bind on {wild_label} fails "
-                f"({errs}): {why}."
+                f"({errs}): no socket listed by sock_diag explains it"
+                + (
+                    " (this kernel is older than 6.9, whose sock_diag cannot list a TCP "
+                    "socket that is bound but not listening)"
+                    if not _has_bound_inactive_dump()
+                    else ""
+                )
+                + "."
             )
             headline = "no socket holds it, yet a plain bind fails"
 
-    fx = sc.facts
     if fx.privileged:
-        who = (
-            "this process may (root or CAP_NET_BIND_SERVICE)"
-            if fx.can_bind_low
-            else "this process may not"
-        )
+        if fx.can_bind_low:
+            who = (
+                "this process has it, so the trial binds above are what a privileged server "
+                "gets; a server running without the capability gets EACCES"
+            )
+        else:
+            errs = ", ".join(f"{p} {e}" for p, e in plain_fail.items()) or "none"
+            who = (
+                f"this process lacks it (trial binds on {wild_label}: {errs}). Run the "
+                "server with that capability (setcap cap_net_bind_service=+ep on its "
+                "binary, or systemd AmbientCapabilities=CAP_NET_BIND_SERVICE), lower "
+                "net.ipv4.ip_unprivileged_port_start, or use a port at or above it"
+            )
         f.append(
             f"Port {port} is below net.ipv4.ip_unprivileged_port_start "
-            f"({fx.unprivileged_start}): binding it needs root or CAP_NET_BIND_SERVICE; "
-            f"{who}."
+            f"({fx.unprivileged_start}): binding it needs CAP_NET_BIND_SERVICE (root has "
+            f"it); {who}."
         )
     if fx.ephemeral and fx.local_range is not None:
         if fx.is_reserved:
@@ -778,8 +847,9 @@ def _port_notes(report: Report, sc: Scene) -> None:
             "Sockets come from sock_diag(7) netlink dumps with an in-kernel port filter (the "
             "query `ss 'sport = :P'` makes), for every TCP state plus the bound-inactive "
             "bit, so a TCP socket that is bound but not listening (absent from "
-            "/proc/net/tcp and from ss) is listed, as state 7; INET_DIAG_SKV6ONLY tells a "
-            "dual-stack [::] socket from an IPV6_V6ONLY one (ipv6(7)).",
+            "/proc/net/tcp and from ss's default output) is listed, as state 7; "
+            "INET_DIAG_SKV6ONLY tells a dual-stack [::] socket from an IPV6_V6ONLY one "
+            "(ipv6(7)).",
             "Only this network namespace is searched, which is the right scope: a socket in "
             "another namespace (a container) never makes a bind here fail.",
             "Owners: every /proc/PID/fd link is read until each socket's inode "
@@ -796,9 +866,11 @@ def _port_notes(report: Report, sc: Scene) -> None:
             "[::]. SO_REUSEPORT (not tried here) lets sockets of one user share a port.",
             "TIME_WAIT lasts 60 s (TCP_TIMEWAIT_LEN); net.ipv4.tcp_fin_timeout does not "
             "shorten it. It sits on the side that closed first: when the server closed "
-            "first it holds the server's port.",
-            "macOS: no sock_diag; lsof -nP -iTCP:PORT shows owners, and BSD's SO_REUSEADDR "
-            "lets a specific address bind beside a wildcard listener. Windows: netstat -ano; "
+            "first it holds the server's port; when an outgoing connection closed first it "
+            "holds that connection's source port, which blocks a server's bind there too.",
+            "Other systems (not measured here). macOS: no sock_diag; lsof -nP -iTCP:PORT "
+            "shows owners, and BSD's SO_REUSEADDR lets a specific address bind beside a "
+            "wildcard listener. Windows: netstat -ano; "
             "SO_REUSEADDR there lets a second socket take a port in use (SO_EXCLUSIVEADDRUSE "
             "prevents it).",
         ]
@@ -944,6 +1016,9 @@ def _diagnose_unix(params: Params, deadline: Deadline) -> PortResult:
 
     f = report.findings
     listeners = [r for r in rows if r.listening]
+    if conn == "ok" and conn_type == "dgram":
+        # A datagram socket never listens: the bound socket itself is what answered.
+        listeners = [r for r in rows if r.type == socket.SOCK_DGRAM] or listeners
     live_owner = ""
     if listeners:
         own = owners.owner(listeners[0].inode)
@@ -958,17 +1033,23 @@ def _diagnose_unix(params: Params, deadline: Deadline) -> PortResult:
     bind_fails: bool
     if conn in ("ok", "EAGAIN"):
         full = " (its accept queue is full)" if conn == "EAGAIN" else ""
+        what = (
+            f"A datagram socket is bound to {target} and receives"
+            if conn_type == "dgram"
+            else f"A process listens on {target}{full}"
+        )
         f.append(
-            f"A process listens on {target}{full}: {live_owner or 'owner not found'}"
-            f"; the trial connect was {conn}. Stop it or choose another "
+            f"{what}: {live_owner or 'owner not found'}; the trial connect "
+            f"({conn_type}) was {conn}. Stop it or choose another "
             + (
                 "name."
                 if abstract
-                else "path; do not unlink a live socket's file (its clients could no "
+                else "path; do not unlink a live socket's file (new clients could no "
                 "longer reach it)."
             )
         )
-        summary = f"{target}: live, {conn_type} listener {live_owner.split(' (')[0]}"
+        kind = "dgram socket" if conn_type == "dgram" else f"{conn_type} listener"
+        summary = f"{target}: live, {kind} {live_owner.split(' (')[0]}".rstrip()
         bind_fails = True
     elif abstract:
         if rows:
@@ -995,12 +1076,19 @@ def _diagnose_unix(params: Params, deadline: Deadline) -> PortResult:
             summary = f"{target}: free (no file; directory writable)"
             bind_fails = False
         else:
-            f.append(
-                f"No file at {target}, but {parent} is missing or not writable by this user, "
-                "so a bind there would fail (ENOENT or EACCES): create the directory or "
-                "choose another path."
+            missing_dir = not os.path.isdir(parent)
+            problem, err = (
+                ("does not exist", "ENOENT")
+                if missing_dir
+                else ("is not writable by this user", "EACCES")
             )
-            summary = f"{target}: no file, but its directory is missing or not writable"
+            f.append(
+                f"No file at {target}, but {parent} {problem}, so a bind "
+                f"there would fail ({err}; not tried): "
+                + ("create the directory" if missing_dir else "fix its permissions")
+                + " or choose another path."
+            )
+            summary = f"{target}: no file, but its directory {problem}"
             bind_fails = True
     elif not is_sock:
         f.append(
@@ -1021,8 +1109,9 @@ def _diagnose_unix(params: Params, deadline: Deadline) -> PortResult:
         bind_fails = True
     elif conn == "ECONNREFUSED":
         f.append(
-            f"{target} is stale: the socket file is left over from a process that exited "
-            f"without unlinking it. Nothing listens (connect: ECONNREFUSED), yet bind gives "
+            f"{target} is stale: the socket file is left over from a socket that was "
+            f"closed (or whose process exited) without unlinking it. Nothing listens "
+            f"(connect: ECONNREFUSED), yet bind gives "
             f"{plain} even with SO_REUSEADDR ({reuse}). Fix: remove it (rm {target}), have the "
             "server unlink() the path before bind() once a trial connect is refused, or use "
             "an abstract-namespace address (@name, Linux), which vanishes with its socket."

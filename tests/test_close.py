@@ -72,6 +72,9 @@ def test_close_with_unread_data_resets_once_after_the_data(report):
     ]
     c = _closers(report)["3."]
     assert c["unread at close"] == len(close.REQUEST)
+    # Every closer's unread count is read (SIOCINQ) at its close, not assumed.
+    others = {k: v["unread at close"] for k, v in _closers(report).items() if k != "3."}
+    assert others == {"1.": 0, "2.": 0, "4.": 0, "5.": 0}
     assert c["peer received"] == "RST (peer in CLOSE)"
 
 

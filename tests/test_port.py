@@ -55,6 +55,12 @@ if kind == "listen":
     keep += [c, a]
 elif kind == "bound":
     out["port"] = tcp(listen=False).getsockname()[1]
+elif kind == "bound-reuse":  # bound, not listening, with SO_REUSEADDR
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    keep.append(s)
+    out["port"] = s.getsockname()[1]
 elif kind == "udp":
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind(("127.0.0.1", 0))
@@ -73,6 +79,10 @@ elif kind == "unix":
     u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     u.bind(sys.argv[3])
     u.listen(8)
+    keep.append(u)
+elif kind == "unix-dgram":
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    u.bind(sys.argv[3])
     keep.append(u)
 print(json.dumps(out), flush=True)
 sys.stdin.read()
@@ -246,6 +256,26 @@ def test_bound_not_listening_socket_is_found_where_proc_and_ss_miss_it(capsys, h
     assert trial(doc, "tcp", f"0.0.0.0:{p}")["plain bind"] == "EADDRINUSE"
     assert "bound but not listening" in doc["findings"][0]
     assert "bound but not listening" in doc["summary"]
+    # listen() would not free the port: the fix names closing the socket.
+    assert "close the socket" in doc["findings"][0]
+    assert "SO_REUSEADDR succeeds" not in doc["findings"][0]
+
+
+def test_bound_socket_that_set_reuseaddr_lets_a_reuseaddr_bind_through(capsys, holder):
+    """Both set SO_REUSEADDR, neither listens: the bind works, and the finding warns that
+    only the first of the two to call listen() gets the port (measured in test below)."""
+    h = holder("bound-reuse")
+    p = h.info["port"]
+    _, doc = diagnose(capsys, str(p), "--tcp")
+    t = trial(doc, "tcp", f"0.0.0.0:{p}")
+    assert (t["plain bind"], t["with SO_REUSEADDR"]) == ("EADDRINUSE", "ok")
+    assert "SO_REUSEADDR succeeds now" in doc["findings"][0]
+    # The kernel truth behind the warning: a SO_REUSEADDR socket beside it binds and,
+    # listening first, takes the port.
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", p))
+        s.listen(1)
 
 
 @needs_ipv6
@@ -299,6 +329,50 @@ def test_time_wait_only_and_the_reuseaddr_matrix(capsys, old_reuse):
     assert t["plain bind"] == "EADDRINUSE"
     assert t["with SO_REUSEADDR"] == ("ok" if old_reuse else "EADDRINUSE")
     assert ("had set it" if old_reuse else "had not set it") in doc["findings"][0]
+
+
+@pytest.mark.parametrize("old_reuse", [1, 0], ids=["they-set-SO_REUSEADDR", "they-did-not"])
+def test_connections_left_without_a_listener(capsys, old_reuse):
+    """A server closed its listener but kept one accepted connection: a plain bind fails,
+    one with SO_REUSEADDR works only if the connection has it (inherited from the
+    listener)."""
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, old_reuse)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    p = lst.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", p), timeout=5):
+        a, _ = lst.accept()
+        lst.close()
+        with a:
+            _, doc = diagnose(capsys, str(p), "--tcp")
+    t = trial(doc, "tcp", f"0.0.0.0:{p}")
+    assert t["plain bind"] == "EADDRINUSE"
+    assert t["with SO_REUSEADDR"] == ("ok" if old_reuse else "EADDRINUSE")
+    (f,) = [f for f in doc["findings"] if f.startswith("No listener")]
+    assert f"1 TCP connection still uses local port {p} (1 ESTABLISHED)" in f
+    assert f"pid {os.getpid()}" in f
+    assert ("set SO_REUSEADDR on the server" in f) == bool(old_reuse)
+
+
+def test_orphaned_socket_is_owned_by_no_process(capsys):
+    """The server closes while the client keeps its end open: the server's socket lives
+    on in FIN_WAIT2 with no file (inode 0), and is not blamed on any process."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    p = lst.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", p), timeout=5) as c:
+        a, _ = lst.accept()
+        a.close()
+        lst.close()
+        c.settimeout(5)
+        assert c.recv(1) == b""
+        wait_for_state(p, 5)  # FIN_WAIT2
+        _, doc = diagnose(capsys, str(p), "--tcp")
+    (row,) = [r for r in rows(doc, "Sockets on port") if r["state"] == "FIN_WAIT2"]
+    assert isinstance(row["pid"], dict) and "orphan" in row["pid"]["n/a"]
+    assert any("held by no process" in f for f in doc["findings"])
 
 
 def test_client_closed_first_leaves_the_server_port_free(capsys):
@@ -365,7 +439,7 @@ def test_free_port_is_reported_free(capsys):
     assert code == 0
     assert rows(doc, "Sockets on port") == []
     assert "free" in doc["summary"]
-    assert doc["findings"][0].startswith(f"Port {p} is free")
+    assert doc["findings"][0].startswith(f"Port {p} is free (TCP and UDP)")
     assert all(r["plain bind"] == "ok" for r in rows(doc, "Trial binds"))
 
 
@@ -410,6 +484,17 @@ def test_live_unix_socket_names_its_owner_and_is_left_working(capsys, holder, tm
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(5)
         s.connect(path)
+
+
+def test_live_unix_datagram_socket_names_its_owner(capsys, holder, tmp_path):
+    path = str(tmp_path / "dgram.sock")
+    h = holder("unix-dgram", path)
+    code, doc = diagnose(capsys, path, "--check")
+    assert code == 1
+    trials = {r["operation"]: r["result"] for r in rows(doc, "Trials on")}
+    assert trials["connect (dgram, non-blocking)"] == "ok"
+    assert f"pid {h.pid}" in doc["findings"][0] and "datagram socket" in doc["findings"][0]
+    assert "dgram socket" in doc["summary"] and f"pid {h.pid}" in doc["summary"]
 
 
 def test_stale_unix_socket_file_is_diagnosed_and_left_in_place(capsys, tmp_path):
@@ -537,26 +622,19 @@ def test_proc_fallback_when_sock_diag_is_refused(capsys, holder, monkeypatch):
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
-def test_not_root_owner_is_hidden_with_how_to_see_it(holder):
+def test_not_root_owner_is_hidden_and_privileged_ports_say_how_to_bind(holder):
     h = holder("listen")
     p = str(h.info["port"])
     # The checkout may sit in a directory only root can enter (mktemp -d makes 0700 ones),
     # so the unprivileged child imports a world-readable copy of the package.
     shared = Path(tempfile.mkdtemp(prefix="sockprobe-nobody-"))
-    try:
-        shutil.copytree(
-            Path(port.__file__).resolve().parent,
-            shared / "sockprobe",
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )
-        for d, _, files in os.walk(shared):
-            os.chmod(d, 0o755)
-            for f in files:
-                os.chmod(os.path.join(d, f), 0o644)
-        r = subprocess.run(
+
+    def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [
                 *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
-                *(sys.executable, "-m", "sockprobe", "port", p, "--tcp", "--json"),
+                "--inh-caps=-all",
+                *(sys.executable, "-m", "sockprobe", "port", *args, "--json"),
             ],
             capture_output=True,
             text=True,
@@ -569,6 +647,20 @@ def test_not_root_owner_is_hidden_with_how_to_see_it(holder):
                 "PYTHONDONTWRITEBYTECODE": "1",
             },
         )
+
+    start = kernel.sysctl_int("net.ipv4.ip_unprivileged_port_start")
+    try:
+        shutil.copytree(
+            Path(port.__file__).resolve().parent,
+            shared / "sockprobe",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for d, _, files in os.walk(shared):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        r = as_nobody(p, "--tcp")
+        low = as_nobody("1", "--tcp") if start is not None and start > 1 else None
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     if r.returncode != 0 and ("Permission denied" in r.stderr or "No module named" in r.stderr):
@@ -581,3 +673,12 @@ def test_not_root_owner_is_hidden_with_how_to_see_it(holder):
     assert row["user"] == owners.user_name(0)  # the socket's uid, from sock_diag
     assert any("sudo sockprobe port" in f for f in doc["findings"])
     assert str(h.pid) not in r.stdout
+    if low is not None:
+        # Port 1 below ip_unprivileged_port_start, without CAP_NET_BIND_SERVICE: EACCES,
+        # and the finding says how to get the capability.
+        assert low.returncode == 0, low.stderr
+        doc = json.loads(low.stdout)
+        assert trial(doc, "tcp", "0.0.0.0:1")["plain bind"] == "EACCES"
+        assert "privileged port" in doc["summary"]
+        (f,) = [f for f in doc["findings"] if "ip_unprivileged_port_start" in f]
+        assert "lacks it" in f and "cap_net_bind_service" in f

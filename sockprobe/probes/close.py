@@ -125,7 +125,10 @@ class Scenario:
         self.client_addr = self._addr(self.client)
         self.server_addr = self._addr(self.server)
         for s in (self.client, self.server):
-            s.settimeout(lab.deadline.timeout(2.0, title))
+            s.settimeout(lab.deadline.timeout(2.0, f"setting up scenario {title!r}"))
+        #: Bytes left unread in the receive queue of the side that closed (SIOCINQ, read
+        #: just before its close() or shutdown()).
+        self.unread: Cell = None
 
     @staticmethod
     def _addr(s: socket.socket) -> tuple[str, int]:
@@ -145,19 +148,26 @@ class Scenario:
         """Make one call; then, if `settle` is given, wait until this side's socket
         reaches one of those states (a FIN or RST on its way) before reading its state."""
         s = self.sock(side)
-        s.settimeout(self.lab.deadline.timeout(2.0, f"{self.title}: {call}"))
+        s.settimeout(self.lab.deadline.timeout(2.0, f"running {call} in {self.title!r}"))
         a = attempt(fn)
         if settle is not None:
-            wait(s, settle, self.lab.deadline, f"{self.title}: after {call}")
+            wait(s, settle, self.lab.deadline, f"waiting after {call} in {self.title!r}")
         self.out.append(Step(self.title, side, call, result_text(a), result_errno(a), state_of(s)))
         return a
 
+    def record_unread(self, side: str) -> Cell:
+        """SIOCINQ of `side` now: what its close() would leave unread."""
+        q = kernel.inq(self.sock(side))
+        self.unread = NA("SIOCINQ is not available") if q is None else q
+        return self.unread
+
     def close(self, side: str, call: str = "close()") -> None:
+        self.record_unread(side)
         self.lab.close(self.sock(side))
         self.out.append(Step(self.title, side, call, "returned None", None, "(fd closed)"))
 
     def settle(self, side: str, states: tuple[str, ...]) -> Cell:
-        wait(self.sock(side), states, self.lab.deadline, f"{self.title}: waiting on {side}")
+        wait(self.sock(side), states, self.lab.deadline, f"waiting on the {side} in {self.title!r}")
         return state_of(self.sock(side))
 
     def finish(self) -> tuple[Cell, Cell]:
@@ -167,7 +177,9 @@ class Scenario:
             if s.fileno() != -1:
                 self.lab.close(s)
         family = self.lab.host.family
-        end = time.monotonic() + self.lab.deadline.timeout(1.0, f"{self.title}: winding down")
+        end = time.monotonic() + self.lab.deadline.timeout(
+            1.0, f"winding down the connection of {self.title!r}"
+        )
         while True:
             try:
                 srv = sockstate.lookup_state(family, self.server_addr, self.client_addr)
@@ -191,8 +203,9 @@ def wait(s: socket.socket, states: tuple[str, ...], deadline: Deadline, doing: s
     cap = deadline.timeout(SETTLE_S, doing)
     state = sockstate.wait_for_state(s, states, cap)
     if state is None:
-        time.sleep(0.05)
+        time.sleep(min(0.05, deadline.remaining()))
     elif state not in states:
+        deadline.check(doing)  # cut short by --deadline: say so, not "unexpected state"
         raise RuntimeError(f"{doing}: expected {'/'.join(states)} within {cap:.1f} s, saw {state}")
 
 
@@ -210,7 +223,7 @@ def _shutdown_wr(s: socket.socket) -> Callable[[], None]:
 
 def _wait_inq(s: socket.socket, n: int, deadline: Deadline) -> int | None:
     """Wait until `n` bytes sit unread in the receive queue (SIOCINQ); return the count."""
-    end = time.monotonic() + deadline.timeout(SETTLE_S, "waiting for data to arrive")
+    end = time.monotonic() + deadline.timeout(SETTLE_S, "waiting for sent data to arrive")
     while True:
         q = kernel.inq(s)
         if q is None or q >= n or time.monotonic() >= end:
@@ -237,7 +250,9 @@ def _scenarios(lab: Lab) -> tuple[list[Step], list[Closer]]:
     for n in (1, 2, 3):
         sc.do("client", f"recv({RECV_SIZE}) #{n}", _recv(sc.client))
     srv_tw, cli_tw = sc.finish()
-    closers.append(Closer(sc.title, "server", "close()", 0, _peer_saw(peer), srv_tw, cli_tw))
+    closers.append(
+        Closer(sc.title, "server", "close()", sc.unread, _peer_saw(peer), srv_tw, cli_tw)
+    )
 
     # 2. Send after the peer's close: accepted once, answered with RST, then EPIPE.
     sc = Scenario(lab, "2. peer close(), then send twice", steps)
@@ -247,15 +262,17 @@ def _scenarios(lab: Lab) -> tuple[list[Step], list[Closer]]:
     sc.do("client", f"send({len(REQUEST)} B) #2", _send(sc.client, REQUEST))
     sc.do("client", f"recv({RECV_SIZE})", _recv(sc.client))
     srv_tw, cli_tw = sc.finish()
-    closers.append(Closer(sc.title, "server", "close()", 0, _peer_saw(peer), srv_tw, cli_tw))
+    closers.append(
+        Closer(sc.title, "server", "close()", sc.unread, _peer_saw(peer), srv_tw, cli_tw)
+    )
 
     # 3. close() with unread data: RST; data that arrived before it is still readable.
     sc = Scenario(lab, "3. peer close() with unread data", steps)
     sc.do("server", f"send({REPLY!r})", _send(sc.server, REPLY))
     sc.do("client", f"send({REQUEST!r}), never read", _send(sc.client, REQUEST))
-    unread = _wait_inq(sc.server, len(REQUEST), lab.deadline)
+    _wait_inq(sc.server, len(REQUEST), lab.deadline)
     _wait_inq(sc.client, len(REPLY), lab.deadline)
-    sc.close("server", f"close() with {unread} B unread")
+    sc.close("server", f"close() with {sc.record_unread('server')} B unread")
     peer = sc.settle("client", ("CLOSE",))
     sc.do("client", f"recv({RECV_SIZE}) #1", _recv(sc.client))
     sc.do("client", f"recv({RECV_SIZE}) #2", _recv(sc.client))
@@ -267,7 +284,7 @@ def _scenarios(lab: Lab) -> tuple[list[Step], list[Closer]]:
             sc.title,
             "server",
             "close() with unread data",
-            NA("SIOCINQ is not available") if unread is None else unread,
+            sc.unread,
             _peer_saw(peer),
             srv_tw,
             cli_tw,
@@ -283,11 +300,20 @@ def _scenarios(lab: Lab) -> tuple[list[Step], list[Closer]]:
     sc.do("client", f"recv({RECV_SIZE}) #2", _recv(sc.client))
     srv_tw, cli_tw = sc.finish()
     closers.append(
-        Closer(sc.title, "server", "SO_LINGER {1, 0}; close()", 0, _peer_saw(peer), srv_tw, cli_tw)
+        Closer(
+            sc.title,
+            "server",
+            "SO_LINGER {1, 0}; close()",
+            sc.unread,
+            _peer_saw(peer),
+            srv_tw,
+            cli_tw,
+        )
     )
 
     # 5. Half-close: the client stops writing, the server still answers.
     sc = Scenario(lab, "5. shutdown(SHUT_WR) half-close", steps)
+    sc.record_unread("client")
     sc.do("client", "shutdown(SHUT_WR)", _shutdown_wr(sc.client), settle=("FIN_WAIT2",))
     peer = sc.settle("server", ("CLOSE_WAIT",))
     sc.do("server", f"recv({RECV_SIZE})", _recv(sc.server))
@@ -298,7 +324,7 @@ def _scenarios(lab: Lab) -> tuple[list[Step], list[Closer]]:
     srv_tw, cli_tw = sc.finish()
     # Here the client closed first, so "closer" and "peer" swap sides.
     closers.append(
-        Closer(sc.title, "client", "shutdown(SHUT_WR)", 0, _peer_saw(peer), cli_tw, srv_tw)
+        Closer(sc.title, "client", "shutdown(SHUT_WR)", sc.unread, _peer_saw(peer), cli_tw, srv_tw)
     )
     return steps, closers
 
@@ -319,7 +345,7 @@ def _child(lab: Lab) -> str | None:
     """Scenario 2 in a child process with SIGPIPE back at SIG_DFL. Returns how it ended."""
     if getattr(signal, "SIGPIPE", None) is None or not kernel.IS_LINUX:
         return None  # the child waits for the RST through Linux's TCP_INFO
-    limit = lab.deadline.timeout(10.0, "the SIGPIPE child process")
+    limit = lab.deadline.timeout(10.0, "running the SIGPIPE child process")
     try:
         # subprocess.run kills and reaps the child when the timeout expires.
         proc = subprocess.run(
@@ -329,7 +355,7 @@ def _child(lab: Lab) -> str | None:
             timeout=limit,
         )
     except subprocess.TimeoutExpired:
-        lab.deadline.check("the SIGPIPE child process")
+        lab.deadline.check("running the SIGPIPE child process")
         return f"did not finish within {limit:.1f} s (killed)"
     if proc.returncode < 0:
         try:
@@ -471,10 +497,14 @@ def _findings(report: Report, r: Run) -> None:
         if r.child.startswith("killed")
         else f"; a child process with SIGPIPE restored to SIG_DFL {r.child}"
     )
+    if r.sigpipe_here == "SIG_IGN":
+        here = "SIG_IGN (CPython ignores it at start-up), so a write to a reset connection "
+        here += "raises BrokenPipeError"
+    else:
+        here = f"{r.sigpipe_here} (something changed CPython's start-up SIG_IGN)"
     report.findings.append(
-        f"SIGPIPE in this Python process: {r.sigpipe_here} (CPython ignores it at start-up), "
-        f"so a write to a reset connection raises BrokenPipeError{child} on the same second "
-        "send."
+        f"SIGPIPE in this Python process: {here}{child}"
+        + (" on the same second send." if child else ".")
     )
     report.summary = (
         f"recv after close: {_res(s1[0]) if s1 else '?'}; 2nd send: {_res(second)}; "
@@ -514,10 +544,13 @@ def _notes(report: Report) -> None:
             "state time-wait` would.",
             "CPython sets SIGPIPE to SIG_IGN at start-up, so a write to a reset connection "
             "raises BrokenPipeError; a C program (or a Python child that restores SIG_DFL) is "
-            "killed by SIGPIPE unless it passes MSG_NOSIGNAL (send(2)).",
-            "Windows raises ConnectionResetError (WSAECONNRESET, 10054) where Linux returns "
-            "b'' in some of these (the tutorials report it for a recv after the peer went "
-            "away) and has no SIGPIPE at all. macOS follows the BSD behaviour shown here and "
-            "also offers the SO_NOSIGPIPE socket option.",
+            "killed by SIGPIPE unless it ignores the signal or passes MSG_NOSIGNAL (send(2)).",
+            "Other systems (not measured here). Windows has no SIGPIPE and reports a reset "
+            "as ConnectionResetError (WSAECONNRESET, 10054); the tutorials report that error "
+            "for a recv after the peer went away, where Linux returned b'' (scenario 1). "
+            "macOS and FreeBSD offer the SO_NOSIGPIPE "
+            "socket option, and in their TCP code (4.4BSD's "
+            "tcp_disconnect) close() with unread data discards it and sends FIN, not RST as "
+            "in scenario 3; a reset then comes only if more data arrives.",
         ]
     )

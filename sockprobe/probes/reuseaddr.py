@@ -373,7 +373,10 @@ def _why(o: Outcome) -> str:
                 return "TIME_WAIT sits on the client's port (the side that closed first)"
             return "nothing was left on the port"
         if sc.reuseport:
-            return "SO_REUSEPORT on both, same user: TIME_WAIT does not block"
+            # inet_bind_conflict(): a TIME_WAIT socket that kept SO_REUSEPORT never
+            # conflicts with a new SO_REUSEPORT socket; the same-user test applies only to
+            # live sockets (row 14).
+            return "SO_REUSEPORT on both: a TIME_WAIT that kept SO_REUSEPORT does not block"
         if sc.old_reuseaddr and sc.new_reuseaddr:
             return "SO_REUSEADDR on both: the TIME_WAIT socket kept the old one's, no conflict"
         return "unexpected on Linux: TIME_WAIT without SO_REUSEADDR on both did not block"
@@ -438,7 +441,10 @@ def _v6only(ctx: Ctx, setting: int | None, listen: bool) -> V6Row:
                 lab.close(wild)
             if exc.errno == errno.EADDRINUSE and attempt < 4:
                 continue  # something took the port in between: pick another
-            na = NA(f"no IPv6 here: {_errno_name(exc)}")
+            if exc.errno == errno.EADDRINUSE:
+                na = NA("every [::] port tried was taken before the [::] socket could bind it")
+            else:
+                na = NA(f"no IPv6 here: {_errno_name(exc)}")
             return V6Row(setting, listen, na, na, na)
     assert wild is not None
     if listen:
@@ -649,7 +655,13 @@ def _tw_reuse_finish(ctx: Ctx, tw: TwReuse, reuse_on: bool, delay_ms: int | None
     ctx.lab.close(tw.listener)
 
 
-def _tw_why(a: TwAttempt, reuse_value: int | None, delay_ms: int | None, loopback: bool) -> str:
+def _tw_why(
+    a: TwAttempt,
+    reuse_value: int | None,
+    delay_ms: int | None,
+    loopback: bool,
+    timestamps: int | None,
+) -> str:
     if a.result == "ok":
         return (
             f"tcp_tw_reuse={reuse_value}: connect() took over the TIME_WAIT's 4-tuple "
@@ -660,6 +672,9 @@ def _tw_why(a: TwAttempt, reuse_value: int | None, delay_ms: int | None, loopbac
             return "tcp_tw_reuse=0: a 4-tuple in TIME_WAIT is never reused for connect()"
         if reuse_value == 2 and not loopback:
             return "tcp_tw_reuse=2 reuses TIME_WAIT 4-tuples on loopback only"
+        if timestamps == 0:
+            # tcp_twsk_unique() needs the peer's last timestamp (tw_ts_recent_stamp).
+            return "tcp_timestamps=0: without TCP timestamps tcp_tw_reuse cannot apply"
         if a.label == "at once":
             d = "1000 ms" if delay_ms is None else f"{delay_ms} ms"
             return f"the TIME_WAIT is younger than tcp_tw_reuse_delay ({d})"
@@ -863,7 +878,8 @@ def run(params: Params) -> Report:
     _matrix_table(report, host, outcomes)
     _v6_table(report, v6, bindv6only)
     _timer_table(report, timers, fin_timeout)
-    _tw_table(report, tw, reuse_value, delay_ms, host)
+    timestamps = kernel.sysctl_int("net.ipv4.tcp_timestamps")
+    _tw_table(report, tw, reuse_value, delay_ms, host, timestamps)
     _group_table(report, group, group_na, migrate, params.clients)
     if waited is not None:
         w = report.table(
@@ -970,7 +986,12 @@ def _timer_table(report: Report, rows: list[TimerRow], fin_timeout: int | None) 
 
 
 def _tw_table(
-    report: Report, tw: TwReuse, reuse_value: int | None, delay_ms: int | None, host: Host
+    report: Report,
+    tw: TwReuse,
+    reuse_value: int | None,
+    delay_ms: int | None,
+    host: Host,
+    timestamps: int | None,
 ) -> None:
     t = report.table(
         "tcp_tw_reuse: connect() whose only allowed local port is held by a client TIME_WAIT",
@@ -988,7 +1009,7 @@ def _tw_table(
             rv,
             a.result,
             a.got_port,
-            _tw_why(a, reuse_value, delay_ms, _is_loopback(host)),
+            _tw_why(a, reuse_value, delay_ms, _is_loopback(host), timestamps),
         )
 
 
@@ -1004,7 +1025,7 @@ def _group_table(
             "accept queue before close",
             "reset (ECONNRESET)",
             "served by the kept listener",
-            "no answer",
+            "no answer or EOF",
             "tcp_migrate_req",
         ],
     )
@@ -1123,7 +1144,7 @@ def _findings(
     fw_row = next((r for r in timers if r.state == "FIN_WAIT2"), None)
     if tw_row is not None and isinstance(tw_row.proc_left, float):
         fw_text = (
-            f"; the orphaned FIN_WAIT2 timer read {fw_row.proc_left:.1f} s"
+            f"; the orphaned FIN_WAIT2 timer read {fw_row.proc_left:.2f} s"
             if fw_row is not None and isinstance(fw_row.proc_left, float)
             else ""
         )
@@ -1138,15 +1159,28 @@ def _findings(
                     ": tcp_fin_timeout equals the TIME_WAIT length here, so this run cannot "
                     "tell which timer follows it (see the notes)"
                 )
+        diag_text = f"{tw_row.diag_left:.2f} s" if isinstance(tw_row.diag_left, float) else "n/a"
         f.append(
-            f"TIME_WAIT timer just after entering the state: {tw_row.proc_left:.1f} s "
-            f"(/proc; sock_diag {tw_row.diag_left}), with net.ipv4.tcp_fin_timeout = "
+            f"TIME_WAIT timer just after entering the state: {tw_row.proc_left:.2f} s "
+            f"(/proc; sock_diag {diag_text}), with net.ipv4.tcp_fin_timeout = "
             f"{fin_timeout}{fw_text}{verdict}."
         )
     if tw.attempts:
-        parts = [f"{a.result} {a.label} ({a.after_s} s)" for a in tw.attempts]
+        parts = [
+            f"{a.result} {a.label} ({a.after_s:.2f} s)"
+            if isinstance(a.after_s, float)
+            else f"{a.result} {a.label}"
+            for a in tw.attempts
+        ]
         rv = sysctls.get("net.ipv4.tcp_tw_reuse")
-        blocked = [o for o in outcomes if o.bind == "EADDRINUSE" and not o.sc.listener_open]
+        blocked = [
+            o
+            for o in outcomes
+            if o.bind == "EADDRINUSE"
+            and not o.sc.listener_open
+            and isinstance(o.tw_on_port, int)
+            and o.tw_on_port > 0
+        ]
         bind_text = (
             f" It did not help bind(): {len(blocked)} rebinds over a TIME_WAIT in the "
             "matrix still gave EADDRINUSE with it set."
@@ -1190,14 +1224,17 @@ def _findings(
 def _notes(report: Report, params: Params) -> None:
     report.notes.extend(
         [
-            "Linux bind rule (socket(7) SO_REUSEADDR): a socket may share a port with "
-            "non-listening sockets (TIME_WAIT included) only if both it and each of them set "
-            "SO_REUSEADDR; a TIME_WAIT socket carries the flag of the socket it came from, "
-            "and an accepted socket inherits it from its listener. A listening socket blocks "
-            "the port whatever the flags.",
+            "Linux bind rule (socket(7) SO_REUSEADDR; inet_bind_conflict() in the kernel): "
+            "on the same or an overlapping address (a wildcard overlaps every address), a "
+            "socket may share a port with non-listening sockets (TIME_WAIT included) only if "
+            "both it and each of them set SO_REUSEADDR; a TIME_WAIT socket carries the flag "
+            "of the socket it came from, and an accepted socket inherits it from its "
+            "listener. A listening socket blocks the port whatever SO_REUSEADDR says; only "
+            "SO_REUSEPORT on both (next note) shares it.",
             "SO_REUSEPORT (socket(7), Linux 3.9+) lets sockets of the same effective user "
             "share a port, listeners included, when every one of them set it before bind(); "
-            "the kernel spreads new connections over the listeners.",
+            "the kernel spreads new connections over the listeners. A TIME_WAIT socket that "
+            "kept SO_REUSEPORT never blocks a new SO_REUSEPORT bind, whoever owned it.",
             "TIME_WAIT belongs to whichever side closed first. It lasts TCP_TIMEWAIT_LEN "
             "(60 s, fixed at compile time); net.ipv4.tcp_fin_timeout (tcp(7)) is the lifetime "
             "of an orphaned FIN_WAIT2 socket whose peer never closes, not of TIME_WAIT. "
@@ -1206,9 +1243,11 @@ def _notes(report: Report, params: Params) -> None:
             "tcp_fin_timeout is not 60: in a network namespace with tcp_fin_timeout = 5 "
             "(docs/reuseaddr.md, tests/test_reuseaddr.py) FIN_WAIT2 lasted 5 s and TIME_WAIT "
             "still 60 s.",
-            "net.ipv4.tcp_tw_reuse (tcp(7); 2 = loopback only, the default) lets connect() "
-            "reuse a TIME_WAIT 4-tuple when choosing its local port, once the TIME_WAIT is "
-            "older than net.ipv4.tcp_tw_reuse_delay; it never affects bind(). "
+            "net.ipv4.tcp_tw_reuse (the kernel's ip-sysctl documentation: 0 off, 1 on, 2 "
+            "loopback only, the default) lets connect() reuse a TIME_WAIT 4-tuple when "
+            "choosing its local port, once the TIME_WAIT is older than "
+            "net.ipv4.tcp_tw_reuse_delay and only if TCP timestamps were in use on it "
+            "(net.ipv4.tcp_timestamps); it never affects bind(). "
             "tcp_tw_recycle was removed in Linux 4.12 (it broke clients behind NAT).",
             "The tcp_tw_reuse rows pin the connecting socket's ephemeral range to one port "
             "with IP_LOCAL_PORT_RANGE (Linux 6.3+), so the kernel's own port selection, the "
