@@ -26,153 +26,25 @@ the name given to bind(), as given (it may be relative); an abstract name starts
 
 from __future__ import annotations
 
-import os
 import socket
-import struct
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from sockprobe.kernel import sockdiag
 
-# include/uapi/linux/inet_diag.h: the request attribute carrying a filter program, and
-# the two port comparisons every kernel with sock_diag understands (INET_DIAG_BC_S_EQ
-# is newer, 4.16, so the pair ">= P, <= P" is used instead).
-INET_DIAG_REQ_BYTECODE = 1
-INET_DIAG_BC_S_GE = 2
-INET_DIAG_BC_S_LE = 3
-_BC_OP = struct.Struct("=BBH")  # code, yes, no: jump `yes` bytes on a match, `no` if not
-#: struct inet_diag_msg in one piece: family, state, timer, retrans; the sockid (ports
-#: in network order, read natively and swapped; addresses; interface and cookie
-#: skipped); expires, rqueue, wqueue, uid, inode.
-_MSG = struct.Struct("=BBBBHH16s16s12xIIIII")
-_RTA = struct.Struct("=HH")
-_AF_INET = socket.AF_INET
+#: One socket on the port: the sock_diag record; the /proc fallback fills the same fields.
+PortSocket = sockdiag.DiagSocket
 
 #: TCP states (1..12) plus the bound-inactive filter bit (13); UDP sockets use TCP's
 #: numbers too: 7 (CLOSE) for an unconnected socket, 1 (ESTABLISHED) for a connected one.
 TCP_STATES = sockdiag.ALL_STATES
 
 
-class PortSocket(NamedTuple):
-    """One socket on the port: kernel.sockdiag.DiagSocket's fields that `port` uses, as
-    a tuple, which is several times cheaper to build than a frozen dataclass when a busy
-    port has thousands of connections."""
-
-    family: int
-    protocol: int
-    state: int
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    timer: int
-    expires_ms: int
-    rqueue: int
-    wqueue: int
-    uid: int
-    inode: int
-    #: INET_DIAG_SKV6ONLY (AF_INET6 sockets in LISTEN or CLOSE only); None when unknown.
-    v6only: bool | None
-
-
-def port_filter(port: int) -> bytes:
-    """The inet_diag bytecode "local port == port", as an INET_DIAG_REQ_BYTECODE rtattr.
-
-    Each comparison is two 4-byte ops: the test, then an op whose `no` field holds the
-    port. The program matches a socket when execution runs exactly to its end; a jump
-    past the end (len + 4) rejects it. The kernel audits these offsets
-    (inet_diag_bc_audit) and answers EINVAL to a malformed program.
-    """
-    prog = (
-        _BC_OP.pack(INET_DIAG_BC_S_GE, 8, 20)  # >= P: next test, else past the end
-        + _BC_OP.pack(0, 0, port)
-        + _BC_OP.pack(INET_DIAG_BC_S_LE, 8, 12)  # <= P: to the end (match), else reject
-        + _BC_OP.pack(0, 0, port)
-    )
-    return struct.pack("=HH", 4 + len(prog), INET_DIAG_REQ_BYTECODE) + prog
-
-
-def _request(family: int, protocol: int, states: int, port: int, seq: int) -> bytes:
-    sockid = sockdiag._SOCKID.pack(0, 0, b"\0" * 16, b"\0" * 16) + struct.pack("=III", 0, 0, 0)
-    body = sockdiag._REQ.pack(family, protocol, 0, 0, states) + sockid + port_filter(port)
-    flags = sockdiag.NLM_F_REQUEST | sockdiag.NLM_F_DUMP
-    head = sockdiag._NLMSGHDR.pack(
-        sockdiag._NLMSGHDR.size + len(body), sockdiag.SOCK_DIAG_BY_FAMILY, flags, seq, 0
-    )
-    return head + body
-
-
 def diag_port(family: int, protocol: int, port: int, timeout: float = 2.0) -> list[PortSocket]:
-    """Every socket of one family and protocol whose local port is `port` (sock_diag).
-
-    Raises OSError when sock_diag cannot answer (no netlink, module missing, EPERM).
-    """
+    """Every socket of one family and protocol whose local port is `port` (sock_diag,
+    filtered in the kernel). Raises OSError when sock_diag cannot answer (no netlink,
+    module missing, EPERM)."""
     states = TCP_STATES if protocol == socket.IPPROTO_TCP else 0xFFFFFFFF
-    out: list[PortSocket] = []
-    hdr = sockdiag._NLMSGHDR
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, sockdiag.NETLINK_SOCK_DIAG) as nl:
-        nl.settimeout(timeout)
-        nl.sendto(_request(family, protocol, states, port, 1), (0, 0))
-        while True:
-            data = nl.recv(1 << 16)
-            if not data:
-                return out
-            off = 0
-            while off + hdr.size <= len(data):
-                length, mtype, _flags, _seq, _pid = hdr.unpack_from(data, off)
-                if length < hdr.size or mtype == sockdiag.NLMSG_DONE:
-                    return out
-                if mtype == sockdiag.NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, off + hdr.size)
-                    if code:
-                        raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
-                    return out
-                msg = _parse(data, off + hdr.size, off + length, protocol)
-                # The kernel already filtered on the port; checking again costs nothing
-                # and guards against a kernel that ignored the filter attribute.
-                if msg.local[1] == port:
-                    out.append(msg)
-                off += (length + 3) & ~3
-
-
-def _parse(data: bytes, start: int, end: int, protocol: int) -> PortSocket:
-    """One inet_diag_msg and the INET_DIAG_SKV6ONLY attribute, if present.
-
-    kernel.sockdiag has the general parser; this one unpacks the fixed part with one
-    struct call, which matters on a port with thousands of connections.
-    """
-    family, state, timer, _r, sport, dport, src, dst, expires, rq, wq, uid, inode = (
-        _MSG.unpack_from(data, start)
-    )
-    if family == _AF_INET:
-        local = socket.inet_ntop(_AF_INET, src[:4])
-        remote = socket.inet_ntop(_AF_INET, dst[:4])
-    else:
-        local = socket.inet_ntop(family, src)
-        remote = socket.inet_ntop(family, dst)
-    v6only: bool | None = None
-    # INET_DIAG_SKV6ONLY comes only for AF_INET6 sockets in LISTEN or CLOSE; the other
-    # attributes every socket carries (shutdown, cgroup, sockopt) are not needed.
-    off = start + _MSG.size if family != _AF_INET and state in (7, 10) else end
-    while off + 4 <= end:
-        alen, atype = _RTA.unpack_from(data, off)
-        if alen < 4:
-            break
-        if atype == sockdiag.INET_DIAG_SKV6ONLY and alen > 4:
-            v6only = bool(data[off + 4])
-        off += (alen + 3) & ~3
-    return PortSocket(
-        family,
-        protocol,
-        state,
-        (local, socket.ntohs(sport)),
-        (remote, socket.ntohs(dport)),
-        timer,
-        expires,
-        rq,
-        wq,
-        uid,
-        inode,
-        v6only,
-    )
+    return sockdiag.dump(family, protocol, states, port=port, meminfo=False, timeout=timeout)
 
 
 def proc_port(proto: str, port: int) -> list[PortSocket]:
@@ -199,6 +71,7 @@ def proc_port(proto: str, port: int) -> list[PortSocket]:
             uid=r.uid,
             inode=r.inode,
             v6only=None,
+            drops=r.drops,
         )
         for r in kernel.proc_net_sockets(proto, port)
     ]
