@@ -70,8 +70,16 @@ def test_listener_queue_as_the_kernel_reports_it(report: Any) -> None:
         assert r["accept queue (sock_diag Recv-Q)"] == admitted[b]
         assert r["rx_queue (/proc/net/tcp)"] == admitted[b]
         assert r["queue limit (sock_diag Send-Q)"] == min(b, _somaxconn())
-        # The listener's own drop counter: one per dropped SYN, none retransmitted yet.
-        assert r["listener drops (sk_drops)"] == backlog.EXTRA - 1
+        # The listener's own drop counter: one per dropped SYN, none retransmitted yet,
+        # unless a very slow host took over a second, which the probe must then say.
+        late = any(
+            f.startswith(f"listen({b}): the waiting clients had already retransmitted")
+            for f in report.findings
+        )
+        if late:
+            assert r["listener drops (sk_drops)"] > backlog.EXTRA - 1
+        else:
+            assert r["listener drops (sk_drops)"] == backlog.EXTRA - 1
         # Host-wide counters only grow; other traffic may add to them.
         assert r["ListenOverflows Δ (host-wide)"] >= backlog.EXTRA - 1
         assert r["ListenDrops Δ (host-wide)"] >= backlog.EXTRA - 1
@@ -215,6 +223,17 @@ def test_deadline_bounds_a_huge_run() -> None:
         backlog.run(backlog.Params(backlogs=(4096,), connects=15_000, deadline=0.15))
     assert time.monotonic() - t0 < 3.0
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == before
+
+
+@linux_only
+def test_a_retry_wait_cut_short_by_the_deadline_is_an_error_not_a_shorter_wait() -> None:
+    # Two rows of 1.5 s fit in 3.01 s only without the connects and settles around them,
+    # so the second row's watch is cut; listen(1) leaves 7 clients waiting and at most 2
+    # get in at the 1 s retransmission, so clients are still pending when it is cut.
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        backlog.run(backlog.Params(backlogs=(1, 1), retry_wait=1.5, deadline=3.01))
+    assert time.monotonic() - t0 < 5.0
 
 
 @pytest.mark.parametrize(

@@ -55,18 +55,55 @@ def test_idle_receiver_reads_everything_written(report):
 
 def test_write_write_read_nagle_stalls_on_delayed_ack_nodelay_does_not(report):
     rows = {r["mode"]: r for r in _rows(_table(report, "Write-write-read"))}
-    # Linux's minimum delayed-ACK timeout is 40 ms; generous margins for noisy machines.
+    # Linux's minimum delayed-ACK timeout is 40 ms; generous margins for noisy machines
+    # (a loaded host delays the server thread by milliseconds, never by a delayed ACK).
     assert rows["nagle"]["median"] >= 20.0
-    assert rows["nodelay"]["median"] < 5.0
-    assert rows["cork"]["median"] < 5.0
+    assert rows["nodelay"]["median"] < 10.0
+    assert rows["cork"]["median"] < 10.0
 
 
 @needs_tcp_info
 @needs_cork
 def test_cork_uncork_sends_one_segment_per_request_nodelay_two(report):
+    # Retransmissions (a tail loss probe on a loaded host) are counted apart, so the
+    # segments the requests became are exact.
     rows = {r["mode"]: r for r in _rows(_table(report, "Write-write-read"))}
-    assert rows["cork"]["segments/request"] == 1.0
-    assert rows["nodelay"]["segments/request"] == 2.0
+    assert rows["cork"]["data segments/request"] == 1.0
+    assert rows["nodelay"]["data segments/request"] == 2.0
+    for row in rows.values():
+        assert row["retransmitted"] >= 0
+
+
+def test_write_write_read_finding_explains_only_stalls_it_measured(report):
+    rows = {r["mode"]: r for r in _rows(_table(report, "Write-write-read"))}
+    text = next(f for f in report.findings if f.startswith("Write-write-read"))
+    stalled = rows["nagle"]["stalled >= 30 ms"]
+    assert f"{stalled} of 12 Nagle rounds took >= 30 ms" in text
+    assert "delayed-ACK timeout (tcpi_ato) read" in text
+    assert "documented mechanism" in text
+
+
+def test_a_single_round_claims_no_delayed_ack_stall_it_did_not_see():
+    # The first request of a connection is acknowledged at once (quick-ACK mode), so
+    # one round may or may not stall; the finding must follow the measurement either way.
+    r = nagle.run(nagle.Params(rounds=1, writes=5, reader="idle", modes=("nagle", "nodelay")))
+    row = {x["mode"]: x for x in _rows(_table(r, "Write-write-read"))}["nagle"]
+    text = next(f for f in r.findings if f.startswith("Write-write-read"))
+    if row["stalled >= 30 ms"] == 0:
+        assert "no Nagle round took >= 30 ms" in text
+        assert "documented mechanism" not in text
+    else:
+        assert "1 of 1 Nagle rounds took >= 30 ms" in text
+
+
+@needs_tcp_info
+def test_recv_call_counts_in_findings_match_the_tables(report):
+    for reader, who in (("idle", "idle until"), ("concurrent", "reading concurrently")):
+        calls = [r["recv() calls"] for r in _coalescing_rows(report) if r["receiver"] == reader]
+        text = next(f for f in report.findings if f.startswith(f"With the receiver {who}"))
+        lo, hi = min(calls), max(calls)
+        expected = f"{lo} recv(65536) call" if lo == hi else f"{lo} to {hi} recv(65536) calls"
+        assert expected in text, text
 
 
 @needs_tcp_info
@@ -76,6 +113,8 @@ def test_attribution_accounts_for_every_write(report):
         total = sum(row[c] for c in nagle.CAUSES)
         assert total == 100, row
     rows = {r["mode"]: r for r in _rows(table)}
+    # The congestion window is read from the snapshots, never left as a placeholder 0.
+    assert all(r["cwnd then"] > 0 and r["max unacked"] >= 0 for r in rows.values())
     # With Nagle, small writes wait while a small segment is unacknowledged.
     assert rows["nagle"]["held by Nagle"] > 0
     # A corked socket holds every write.

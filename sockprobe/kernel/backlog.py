@@ -94,14 +94,6 @@ def so_error(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 
-def abortive_close_on_exit(sock: socket.socket) -> None:
-    """SO_LINGER {on, 0 s} (socket(7)): close() then sends RST instead of FIN, so the
-    thousands of clients a run opens leave no TIME_WAIT entries behind."""
-    import struct
-
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
 # -- file descriptors ------------------------------------------------------------------------
 @dataclass
 class FdLimit:

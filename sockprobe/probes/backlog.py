@@ -44,13 +44,13 @@ from sockprobe.kernel.backlog import (
     CONNECT_PENDING,
     FdLimit,
     ListenerView,
-    abortive_close_on_exit,
     listener_view,
     open_fds,
     raise_nofile,
     restore_nofile,
     so_error,
 )
+from sockprobe.kernel.sockstate import abortive_linger
 from sockprobe.lab import Deadline, Lab, fmt_addr
 from sockprobe.probes import ProbeParams, Stopwatch, require
 from sockprobe.report import NA, Cell, Report, environment, params_dict
@@ -85,8 +85,10 @@ SETTING_ROLES = {
     "net.ipv4.tcp_max_syn_backlog": "bounds half-open requests, only with syncookies off",
     "net.ipv4.tcp_syncookies": "1: cookies when the half-open queue overflows; 2: always",
     "net.ipv4.tcp_abort_on_overflow": "1: RST a final ACK that finds the accept queue full",
-    "net.ipv4.tcp_syn_retries": "SYN retransmissions before connect() gives up",
-    "net.ipv4.tcp_syn_linear_timeouts": "retransmissions at a fixed interval before backoff",
+    "net.ipv4.tcp_syn_retries": "connect()'s time budget: what this many doubling SYN "
+    "timeouts take (the default 6: 127 s)",
+    "net.ipv4.tcp_syn_linear_timeouts": "SYN timeouts kept at the initial 1 s after the "
+    "first one, before doubling",
 }
 
 TCP_ESTABLISHED = 1
@@ -297,7 +299,7 @@ def _connect_all(lab: Lab, addr: tuple[object, ...], n: int) -> list[Client]:
         if i % 256 == 0:
             lab.deadline.check(f"connecting client {i + 1} of {n}")
         s = lab.open_socket()
-        abortive_close_on_exit(s)
+        abortive_linger(s)  # RST on close: thousands of clients leave no TIME_WAIT
         s.setblocking(False)
         t0 = time.monotonic()
         err = s.connect_ex(addr)
@@ -359,7 +361,7 @@ def _drain(lab: Lab, lst: socket.socket) -> list[tuple[object, ...]]:
         except ConnectionAbortedError:
             continue  # reset while queued; accept(2) lists ECONNABORTED
         try:
-            abortive_close_on_exit(conn)
+            abortive_linger(conn)
         finally:
             conn.close()
         peers.append(tuple(addr[:2]))
@@ -451,6 +453,9 @@ def _watch_retries(lab: Lab, lst: socket.socket, clients: list[Client], wait: fl
         # of the wall clock.
         interval = max(0.01, 2 * (time.monotonic() - now))
         time.sleep(min(interval, max(0.0, end - time.monotonic())))
+    if pending:
+        # The wait ended early only if the deadline cut it: then the counts are partial.
+        lab.deadline.check("watching SYN retransmissions")
     accepted += _accept_known(lab, lst, by_addr, pending)
     after = _cookie_counters()
     drops_after = listener_view(lst, proc=False).drops
@@ -726,8 +731,8 @@ def _admitted(r: Row, somaxconn: int | None) -> str:
             f" ({r.view.drops} drops counted on the listener)" if r.view.drops is not None else ""
         )
         parts.append(
-            f"the other {_plural(waiting, 'SYN')} were dropped{drops} and are being "
-            "retried: those clients sit in SYN_SENT"
+            f"the other {_plural(waiting, 'SYN')} were dropped{drops}: those clients sat "
+            f"in SYN_SENT, due to retransmit {FIRST_RETRANSMIT_S:g} s after connect()"
         )
     if r.counts["refused"]:
         why = ", ".join(f"{k} x{v}" for k, v in r.details.items() if k in RESET_NAMES)
@@ -969,12 +974,15 @@ def _notes(report: Report) -> None:
             "Why extra clients hang instead of being refused: when the accept queue is full "
             "the listener drops an incoming SYN without answering (it counts in the "
             "listener's sk_drops, TcpExt ListenOverflows and ListenDrops). The client "
-            "cannot tell a drop from loss, so it retransmits the SYN on the schedule of "
-            "net.ipv4.tcp_syn_linear_timeouts (that many retries at the initial 1 s "
-            "interval) then doubling gaps, up to net.ipv4.tcp_syn_retries; a blocking "
-            "connect() waits all that time, then fails with ETIMEDOUT. Every retransmitted "
-            "SYN that is dropped again counts again, so the counters keep growing while the "
-            "per-client states do not: the client states are the primary result.",
+            "cannot tell a drop from loss, so it retransmits the SYN: after the initial 1 s "
+            "timeout, net.ipv4.tcp_syn_linear_timeouts more timeouts of 1 s (on kernels that "
+            "have it), then doubling ones. It gives up when the time that "
+            "net.ipv4.tcp_syn_retries doubling timeouts would take has passed, so the linear "
+            "ones add retransmissions, not time: with the defaults (6 and 4) SYNs go at 1, 2, "
+            "3, 4, 5, 7, 11, 19, 35 and 67 s and a blocking connect() fails with ETIMEDOUT "
+            "after about 131 s (ip-sysctl docs). Every retransmitted SYN that is dropped again "
+            "counts again, so the counters keep growing while the per-client states do not: "
+            "the client states are the primary result.",
             "Half-open requests are bounded by the same backlog: when they exceed it the "
             "listener answers with a SYN cookie (tcp_syncookies 1 or 2) or drops the SYN "
             "(0). net.ipv4.tcp_max_syn_backlog only matters with syncookies off: then a "

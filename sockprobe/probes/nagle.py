@@ -3,9 +3,9 @@
 Three experiments, each on fresh loopback connections:
 
 1. Coalescing: N back-to-back writes of S bytes per mode (Nagle, TCP_NODELAY, TCP_CORK),
-   counting the data segments the kernel actually sent from the delta of TCP_INFO
-   `tcpi_data_segs_out` (tcp(7)), with the receiver idle until the writer is done, or
-   reading concurrently.
+   counting the data segments the kernel actually sent from the deltas of TCP_INFO
+   `tcpi_data_segs_out` and `tcpi_total_retrans` (tcp(7)), with the receiver idle until
+   the writer is done, or reading concurrently.
 2. Attribution: the same writes again, with a TCP_INFO snapshot after every write that
    says why that write's bytes were not sent at once (Nagle, a full congestion window,
    cork, or something else). Snapshots cost a system call per write and change the
@@ -24,11 +24,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sockprobe import kernel
-from sockprobe.lab import Deadline, Lab
+from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, require
 from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.status import Unsupported
 
 MODES = ("nagle", "nodelay", "cork")
 #: cork-held never uncorks: it shows the 200 ms ceiling tcp(7) puts on TCP_CORK.
@@ -86,9 +88,24 @@ def _corks(mode: str) -> bool:
     return mode in ("cork", "cork-held")
 
 
-def _data_segs(s: socket.socket) -> int | None:
+def _sent(s: socket.socket) -> tuple[int, int] | None:
+    """(tcpi_data_segs_out, tcpi_total_retrans) of a sender: data segments sent so far,
+    retransmissions included, and how many of them were retransmissions (tcp(7))."""
     info = kernel.tcp_info(s)
-    return None if info is None else info.data_segs_out
+    if info is None or info.data_segs_out is None:
+        return None
+    return info.data_segs_out, info.total_retrans
+
+
+def _delta(
+    before: tuple[int, int] | None, after: tuple[int, int] | None
+) -> tuple[int | None, int | None]:
+    """(new data segments, retransmitted segments) between two `_sent` snapshots: the
+    segments the writes became, and the extra copies the sender resent."""
+    if before is None or after is None:
+        return None, None
+    retrans = after[1] - before[1]
+    return after[0] - before[0] - retrans, retrans
 
 
 def _wait_drained(s: socket.socket, deadline: Deadline, cap: float = 3.0) -> None:
@@ -126,6 +143,18 @@ def _reader(s: socket.socket, total: int, deadline: Deadline, ready: threading.E
     return _recv_exact(s, total, deadline, "reading concurrently")
 
 
+def _result(w: Worker, deadline: Deadline, doing: str) -> Any:
+    """Join a Lab worker and return its result, re-raising its exception. The worker's
+    own socket calls are bounded by the deadline too, so a join that runs out means the
+    deadline did (or the thread hung, which is a bug worth a clear message)."""
+    if not w.join(deadline.timeout(5.0, doing)):
+        deadline.check(doing)
+        raise RuntimeError(f"the thread {doing} did not finish within 5 s")
+    if w.error is not None:
+        raise w.error
+    return w.result
+
+
 def _sizes_text(sizes: list[int]) -> str:
     """[10, 10, 990] -> '10 x2, 990'."""
     if not sizes:
@@ -143,7 +172,9 @@ def _sizes_text(sizes: list[int]) -> str:
 class Coalesce:
     mode: str
     reader: str
+    #: Data segments the writes became (retransmissions left out), and retransmissions.
     segments: int | None
+    retrans: int | None
     recv_sizes: list[int]
     bytes_sent: int
 
@@ -158,9 +189,11 @@ def _coalesce(lab: Lab, mode: str, reader: str, p: Params) -> Coalesce:
         worker = lab.thread(_reader, s, total, lab.deadline, ready, name="sockprobe-nagle-reader")
         # Start writing only once the reader is blocked in recv(): a thread that has not
         # been scheduled yet would make this run the idle-receiver case again.
-        ready.wait(lab.deadline.timeout(2.0, "starting the reader"))
+        if not ready.wait(lab.deadline.timeout(2.0, "starting the reader")):
+            lab.deadline.check("starting the reader")
+            raise RuntimeError("the reader thread did not start within 2 s")
         time.sleep(READER_SETTLE_S)
-    before = _data_segs(c)
+    before = _sent(c)
     if _corks(mode):
         _cork(c, True)
     c.settimeout(lab.deadline.timeout(5.0, "writing"))
@@ -169,18 +202,15 @@ def _coalesce(lab: Lab, mode: str, reader: str, p: Params) -> Coalesce:
     if mode == "cork":
         _cork(c, False)  # uncorking pushes whatever is queued at once
     _wait_drained(c, lab.deadline, cap=3.0)
-    after = _data_segs(c)
+    after = _sent(c)
     if worker is not None:
-        worker.join(lab.deadline.timeout(5.0, "waiting for the reader"))
-        if worker.error is not None:
-            raise worker.error
-        sizes: list[int] = worker.result
+        sizes: list[int] = _result(worker, lab.deadline, "reading concurrently")
     else:
         sizes = _recv_exact(s, total, lab.deadline, "reading after the writer finished")
-    segs = None if before is None or after is None else after - before
+    segs, retrans = _delta(before, after)
     lab.close(c)
     lab.close(s)
-    return Coalesce(mode, reader, segs, sizes, total)
+    return Coalesce(mode, reader, segs, retrans, sizes, total)
 
 
 # -- experiment 2: attribution --------------------------------------------------------------
@@ -192,7 +222,9 @@ class Attribution:
     mode: str
     causes: Counter[str] = field(default_factory=Counter)
     segments: int | None = None
-    max_unacked: int = 0
+    #: The largest tcpi_unacked seen after a write, and tcpi_snd_cwnd in that snapshot
+    #: (-1 until the first snapshot, so that cwnd is never a placeholder 0).
+    max_unacked: int = -1
     cwnd_at_max: int = 0
     autocork_delta: int | None = None
     congestion: str = ""
@@ -234,7 +266,7 @@ def _attribute(lab: Lab, mode: str, p: Params) -> Attribution | None:
         except OSError:
             pass
     payload = b"x" * p.size
-    before = _data_segs(c)
+    before = _sent(c)
     ac0 = _autocorking()
     if _corks(mode):
         _cork(c, True)
@@ -252,9 +284,9 @@ def _attribute(lab: Lab, mode: str, p: Params) -> Attribution | None:
     if mode == "cork":
         _cork(c, False)
     _wait_drained(c, lab.deadline)
-    after = _data_segs(c)
+    after = _sent(c)
     ac1 = _autocorking()
-    att.segments = None if before is None or after is None else after - before
+    att.segments, _ = _delta(before, after)
     att.autocork_delta = None if ac0 is None or ac1 is None else ac1 - ac0
     _recv_exact(s, p.writes * p.size, lab.deadline, "draining the attribution pass")
     lab.close(c)
@@ -267,8 +299,15 @@ def _attribute(lab: Lab, mode: str, p: Params) -> Attribution | None:
 class Wwr:
     mode: str
     rtts_ms: list[float]
+    #: Data segments the requests became over all rounds (retransmissions left out),
+    #: and retransmissions.
     segments: int | None
+    retrans: int | None
     server_ato_ms: float | None
+
+    @property
+    def per_request(self) -> float | None:
+        return None if self.segments is None else self.segments / len(self.rtts_ms)
 
     @property
     def median(self) -> float:
@@ -300,7 +339,7 @@ def _write_write_read(lab: Lab, mode: str, p: Params) -> Wwr:
     server = lab.thread(_serve, s, p.rounds, p.size, lab.deadline, name="sockprobe-nagle-srv")
     piece = b"q" * p.size
     rtts: list[float] = []
-    before = _data_segs(c)
+    before = _sent(c)
     if mode == "cork-held":
         _cork(c, True)  # and never released: every request waits for the cork timer
     for _ in range(p.rounds):
@@ -319,14 +358,12 @@ def _write_write_read(lab: Lab, mode: str, p: Params) -> Wwr:
                 raise ConnectionError("server closed during write-write-read")
             got += len(chunk)
         rtts.append((time.perf_counter() - t0) * 1000)
-    after = _data_segs(c)
-    server.join(lab.deadline.timeout(5.0, "waiting for the server thread"))
-    if server.error is not None:
-        raise server.error
+    after = _sent(c)
+    ato_ms: float | None = _result(server, lab.deadline, "serving write-write-read")
     lab.close(c)
     lab.close(s)
-    segs = None if before is None or after is None else after - before
-    return Wwr(mode, rtts, segs, server.result)
+    segs, retrans = _delta(before, after)
+    return Wwr(mode, rtts, segs, retrans, ato_ms)
 
 
 # -- the probe --------------------------------------------------------------------------------
@@ -340,6 +377,10 @@ def run(params: Params) -> Report:
     if TCP_CORK is None:
         skipped = [m for m in modes if _corks(m)]
         modes = [m for m in modes if not _corks(m)]
+        if skipped and not modes:
+            raise Unsupported(
+                f"--mode {', '.join(skipped)}: TCP_CORK does not exist on this platform"
+            )
         if skipped:
             report.notes.append(
                 f"{', '.join(skipped)}: TCP_CORK does not exist on this "
@@ -372,10 +413,11 @@ def _tables(
         "bytes",
         "data segments",
         "bytes/segment",
+        "retransmitted",
         "recv() calls",
         "recv() sizes",
     ]
-    measured = ["data segments", "bytes/segment", "recv() calls", "recv() sizes"]
+    measured = ["data segments", "bytes/segment", "retransmitted", "recv() calls", "recv() sizes"]
     for reader, title, volatile, context in (
         ("idle", "receiver idle until the writer finished", measured, []),
         # With a concurrent reader the counts follow thread scheduling from run to run,
@@ -388,7 +430,7 @@ def _tables(
         t = report.table(
             f"Coalescing: {p.writes} writes of {p.size} B per mode, {title}",
             columns,
-            ["", "", "", "B", "", "B", "", "B"],
+            ["", "", "", "B", "", "B", "segments", "", "B"],
             volatile=volatile,
             context=context,
         )
@@ -408,6 +450,7 @@ def _tables(
                 co.bytes_sent,
                 segs,
                 per,
+                NA(NO_TCP_INFO) if co.retrans is None else co.retrans,
                 len(co.recv_sizes),
                 _sizes_text(co.recv_sizes),
             )
@@ -449,23 +492,27 @@ def _tables(
             "p90",
             "max",
             f"stalled >= {STALL_MS:g} ms",
-            "segments/request",
+            "data segments/request",
+            "retransmitted",
             "server ACK timeout (tcpi_ato)",
         ],
-        ["", "ms", "ms", "ms", "rounds", "", "ms"],
+        ["", "ms", "ms", "ms", "rounds", "", "segments", "ms"],
         volatile=[
             "median",
             "p90",
             "max",
             f"stalled >= {STALL_MS:g} ms",
-            "segments/request",
+            "data segments/request",
+            "retransmitted",
             "server ACK timeout (tcpi_ato)",
         ],
     )
     for r in wwr:
-        per_req: Cell = NA(NO_TCP_INFO) if r.segments is None else round(r.segments / p.rounds, 2)
+        per = r.per_request
+        per_req: Cell = NA(NO_TCP_INFO) if per is None else round(per, 2)
+        retrans: Cell = NA(NO_TCP_INFO) if r.retrans is None else r.retrans
         ato: Cell = NA(NO_TCP_INFO) if r.server_ato_ms is None else r.server_ato_ms
-        w.add(r.mode, r.median, r.p90, max(r.rtts_ms), r.stalled, per_req, ato)
+        w.add(r.mode, r.median, r.p90, max(r.rtts_ms), r.stalled, per_req, retrans, ato)
 
 
 def _ms(v: float) -> str:
@@ -490,9 +537,20 @@ def _findings(
         rows = [c for c in coalesced if c.reader == reader and c.segments is not None]
         if not rows:
             continue
-        parts = [f"{c.segments} {labels[c.mode]}" for c in rows]
-        parts[0] = parts[0].replace(" ", " data segments ", 1)
-        calls = sorted({len(c.recv_sizes) for c in rows})
+        parts = [
+            (f"{_plural(c.segments, 'data segment')} " if i == 0 else f"{c.segments} ")
+            + labels[c.mode]
+            + (f" (and {c.retrans} retransmitted)" if c.retrans else "")
+            for i, c in enumerate(rows)
+            if c.segments is not None
+        ]
+        calls = [len(c.recv_sizes) for c in rows]
+        lo, hi = min(calls), max(calls)
+        span = (
+            f"{lo} recv({RECV_SIZE}) call" + ("" if lo == 1 else "s")
+            if lo == hi
+            else f"{lo} to {hi} recv({RECV_SIZE}) calls"
+        )
         who = (
             "the receiver idle until the writer finished"
             if reader == "idle"
@@ -501,9 +559,7 @@ def _findings(
         report.findings.append(
             f"With {who}, {p.writes} writes of {p.size} B left as "
             + ", ".join(parts)
-            + "; the receiver needed "
-            + " to ".join(str(n) for n in calls)
-            + f" recv({RECV_SIZE}) call(s) to read them."
+            + f"; the receiver needed {span} per mode to read them."
         )
     for at in attributions:
         held = {k: v for k, v in at.causes.items() if k != "sent at once" and v}
@@ -520,38 +576,57 @@ def _findings(
             if at.autocork_delta is None
             else f" TCPAutoCorking moved by {at.autocork_delta} (host-wide)."
         )
-        report.findings.append(f"{cap[at.mode]}, of {p.writes} writes: {why}.{ac}")
+        sent = at.causes.get("sent at once", 0)
+        rest = f"; {sent} were sent at once" if sent else ""
+        report.findings.append(f"{cap[at.mode]}, of {p.writes} writes: {why}{rest}.{ac}")
     by_mode = {r.mode: r for r in wwr}
     if "nagle" in by_mode and "nodelay" in by_mode:
-        n, d = by_mode["nagle"], by_mode["nodelay"]
-        ratio = n.median / d.median if d.median > 0 else float("inf")
-        ato = (
-            f"; the server's delayed-ACK timeout (tcpi_ato) read {n.server_ato_ms:.0f} ms"
-            if n.server_ato_ms is not None
-            else ""
-        )
-        report.findings.append(
-            f"Write-write-read: median round trip {_ms(n.median)} ms with Nagle vs "
-            f"{_ms(d.median)} ms with TCP_NODELAY ({ratio:,.0f}x); {n.stalled} of "
-            f"{len(n.rtts_ms)} Nagle rounds took >= {STALL_MS:g} ms: the second piece "
-            f"waited for the ACK of the first, which the server delayed{ato}."
-        )
+        report.findings.append(_wwr_text(by_mode["nagle"], by_mode["nodelay"], p.rounds))
     if "cork" in by_mode:
         c = by_mode["cork"]
-        segs = (
-            ""
-            if c.segments is None
-            else f", {c.segments / len(c.rtts_ms):.2f} data segments per request"
-        )
+        per = c.per_request
+        segs = "" if per is None else f", {per:.2f} data segments per request"
         report.findings.append(f"Cork, write both pieces, uncork: median {_ms(c.median)} ms{segs}.")
     if "cork-held" in by_mode:
         c = by_mode["cork-held"]
         report.findings.append(
-            f"A cork never released: median {_ms(c.median)} ms per "
-            "request, the kernel's ceiling on how long TCP_CORK holds "
-            "a partial segment."
+            f"A cork never released: median {_ms(c.median)} ms per request; tcp(7) puts a "
+            "200 ms ceiling on how long TCP_CORK holds a partial segment."
         )
     report.summary = report.findings[-1] if not wwr else _headline(by_mode, coalesced)
+
+
+def _wwr_text(n: Wwr, d: Wwr, rounds: int) -> str:
+    """Nagle against TCP_NODELAY in write-write-read. The delayed-ACK explanation is
+    given only for rounds that did stall, next to the server's tcpi_ato it rests on."""
+    text = (
+        f"Write-write-read: median round trip {_ms(n.median)} ms with Nagle vs "
+        f"{_ms(d.median)} ms with TCP_NODELAY"
+    )
+    if n.median > d.median > 0:
+        ratio = n.median / d.median
+        text += f" ({ratio:,.0f}x slower)" if ratio >= 10 else f" ({ratio:.1f}x slower)"
+    if not n.stalled:
+        return text + (
+            f"; no Nagle round took >= {STALL_MS:g} ms in {_plural(rounds, 'round')} (a new "
+            "connection starts in quick-ACK mode, tcp(7) TCP_QUICKACK: more --rounds show "
+            "the stall)."
+        )
+    text += f"; {n.stalled} of {len(n.rtts_ms)} Nagle rounds took >= {STALL_MS:g} ms"
+    if n.server_ato_ms is not None:
+        text += f", and the server's delayed-ACK timeout (tcpi_ato) read {n.server_ato_ms:.0f} ms"
+    per = n.per_request
+    if per is not None:
+        text += f"; each request went out as {per:.2f} data segments"
+    return text + (
+        ". The documented mechanism: Nagle holds the second piece until the first is "
+        "acknowledged, and the server delays that ACK because it has nothing to send "
+        "until it has the whole request."
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _headline(by_mode: dict[str, Wwr], coalesced: list[Coalesce]) -> str:
@@ -587,16 +662,24 @@ def _notes(report: Report) -> None:
             "(sockprobe framing); TCP_NODELAY is a latency setting, not a framing fix.",
             "Nagle's algorithm (RFC 896, tcp(7) TCP_NODELAY): while a small segment is "
             "unacknowledged, further small writes wait and leave together once the ACK comes.",
-            "The receiver delays ACKs hoping to piggyback them on data (Linux: at least 40 ms, "
-            "tcpi_ato shows the current timeout; tcp(7) TCP_QUICKACK). Nagle on one side and a "
-            "delayed ACK on the other is the write-write-read stall.",
+            "The receiver delays ACKs hoping to piggyback them on data (Linux: 40 ms at least "
+            "by default, tcpi_ato shows the current timeout; a new connection starts in "
+            "quick-ACK mode, tcp(7) TCP_QUICKACK). Nagle on one side and a delayed ACK on the "
+            "other is the write-write-read stall.",
             "TCP_CORK (tcp(7)) holds partial segments until uncorked, at most 200 ms; the right "
             "use is cork, write the pieces, uncork.",
-            "Segments are counted from TCP_INFO tcpi_data_segs_out on the sender (tcp(7)); it "
-            "counts GSO segments and retransmissions, so it equals packets on the wire for writes "
-            "below the MSS. To check: tcpdump -i lo -nn --immediate-mode 'tcp src port <client "
-            "port>' during a run, and count the lines whose length is above 0 (ports are under "
-            "Endpoints).",
+            "Segments are counted on the sender from TCP_INFO (tcp(7)) over the writes: data "
+            "segments = the tcpi_data_segs_out delta minus the tcpi_total_retrans delta, "
+            "retransmitted = the tcpi_total_retrans delta (on a loaded host a late ACK can make "
+            "the sender resend a segment, by a loss probe or a timeout, even on loopback). "
+            "Both count each segment a GSO packet carries, so a capture shows their sum as data "
+            "packets while no segment is larger than the MSS. To check: tcpdump -i lo -nn "
+            "--immediate-mode 'tcp src port <client port>' during a run, and count the lines "
+            "whose length is above 0 (ports are under Endpoints).",
+            "The concurrent receiver is a thread of this process, already blocked in recv() "
+            "when the first write is made. How often it runs while the writes go on is up to "
+            "the scheduler and Python's GIL (the recv() calls column shows it), so that "
+            "table is context, not a property of the host.",
             "Merging also depends on the congestion control (tcp_congestion_control) and "
             "net.ipv4.tcp_autocorking, shown under Kernel settings.",
             "macOS: TCP_NOPUSH instead of TCP_CORK, delayed ACKs up to about 100 ms, TCP_INFO "

@@ -817,6 +817,12 @@ def _dur(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms" if seconds < 0.001 else f"{seconds:.3f} s"
 
 
+def _span(lo: float, hi: float) -> str:
+    """0.2001, 0.2004 -> '0.200 s'; 0.2001, 0.2074 -> '0.200..0.207 s'."""
+    a, b = f"{lo:.3f}", f"{hi:.3f}"
+    return f"{a} s" if a == b else f"{a}..{b} s"
+
+
 def _short(r: CaseResult) -> str:
     a = r.attempt
     name = result_errno(a, r.case.call)
@@ -861,11 +867,11 @@ def _findings(
         lo = min(r.attempt.elapsed_s for r in timed)
         hi = max(r.attempt.elapsed_s for r in timed)
         report.findings.append(
-            f"settimeout({t:g}): {len(timed)} call(s) timed out after {lo:.3f}..{hi:.3f} s; "
+            f"settimeout({t:g}): {len(timed)} call(s) timed out after {_span(lo, hi)}; "
             "each raised TimeoutError with errno None, except connect_ex, which returned "
             f"{errno.EAGAIN} ({errno_name(errno.EAGAIN)}) instead."
             if any(r.case.call == "connect_ex" for r in timed)
-            else f"settimeout({t:g}): {len(timed)} call(s) timed out after {lo:.3f}..{hi:.3f} s, "
+            else f"settimeout({t:g}): {len(timed)} call(s) timed out after {_span(lo, hi)}, "
             "each raising TimeoutError with errno None."
         )
     kt = [
@@ -882,7 +888,7 @@ def _findings(
         py_timeout = any(isinstance(r.attempt.error, TimeoutError) for r in kt)
         report.findings.append(
             f"SO_RCVTIMEO/SO_SNDTIMEO {t:g} s: {len(kt)} call(s) gave up after "
-            f"{lo:.3f}..{hi:.3f} s and "
+            f"{_span(lo, hi)} and "
             + ", ".join(kinds)
             + (" (TimeoutError appeared)" if py_timeout else ", never TimeoutError")
             + ": the kernel's timeouts surface as errno values on a socket Python "
@@ -974,8 +980,9 @@ def _notes(report: Report) -> None:
             "non-blocking and waited in poll() itself. connect_ex() reports that case as "
             "EAGAIN.",
             "Set the timeout before connect(): connect() is the call most likely to hang "
-            "(a SYN that nobody answers is retried per net.ipv4.tcp_syn_retries, for about "
-            "two minutes with the default 6).",
+            "(a SYN that nobody answers is retransmitted until the budget set by "
+            "net.ipv4.tcp_syn_retries runs out: ETIMEDOUT after about two minutes with the "
+            "default 6).",
             "SO_RCVTIMEO/SO_SNDTIMEO (socket(7)) are enforced by the kernel inside the call: "
             "recv and accept fail with EAGAIN, send returns what it queued or fails with "
             "EAGAIN, and connect fails with EINPROGRESS while the handshake carries on. They "
