@@ -46,6 +46,15 @@ class DeadlineExceeded(SockprobeError):
     status = ExitStatus.FAILURE
 
 
+def errno_name(code: int | None) -> str | None:
+    """111 -> "ECONNREFUSED"; None stays None, 0 is "0", an unknown number is its digits."""
+    if code is None:
+        return None
+    if code == 0:
+        return "0"
+    return errno.errorcode.get(code, str(code))
+
+
 def oserror_text(exc: OSError) -> str:
     """`ECONNREFUSED (Connection refused)`-style text that keeps the errno name."""
     if exc.errno is None:

@@ -108,6 +108,11 @@ class ProbeParams:
         return host, Deadline(self.deadline)
 
 
+def plural(n: int, word: str) -> str:
+    """plural(1, "connect") -> "1 connect"; plural(3, "connect") -> "3 connects"."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def require(condition: bool, message: str) -> None:
     """Raise UsageError(message) unless condition holds."""
     if not condition:

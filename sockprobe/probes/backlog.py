@@ -52,9 +52,9 @@ from sockprobe.kernel.backlog import (
 )
 from sockprobe.kernel.sockstate import abortive_linger
 from sockprobe.lab import Deadline, Lab, fmt_addr
-from sockprobe.probes import ProbeParams, Stopwatch, require
+from sockprobe.probes import ProbeParams, Stopwatch, plural, require
 from sockprobe.report import NA, Cell, Report, environment, params_dict
-from sockprobe.status import Unsupported
+from sockprobe.status import Unsupported, errno_name
 
 DEFAULT_BACKLOGS = (0, 1, 8, 128)
 #: Clients beyond the effective backlog by default: the queue admits one of them
@@ -175,14 +175,14 @@ class Client:
     cls: str = ""
 
 
-def _errname(err: int) -> str:
-    return errno.errorcode.get(err, str(err))
+def _errno_text(err: int) -> str:
+    return errno_name(err) or ""
 
 
 def _classify(c: Client) -> tuple[str, str]:
     """(class, detail) for one client, from TCP_INFO tcpi_state and SO_ERROR."""
     if c.connect_errno:
-        return "other", f"connect() {_errname(c.connect_errno)}"
+        return "other", f"connect() {_errno_text(c.connect_errno)}"
     info = kernel.tcp_info(c.sock)
     if info is not None:
         c.state = info.state
@@ -201,9 +201,9 @@ def _classify(c: Client) -> tuple[str, str]:
             return "connecting", ""
         return "established", ""
     if c.error in RESET_ERRNOS:
-        return "refused", _errname(c.error)
+        return "refused", _errno_text(c.error)
     if c.error:
-        return "other", _errname(c.error)
+        return "other", _errno_text(c.error)
     return "other", kernel.tcp_state_name(c.state or 0)
 
 
@@ -711,13 +711,9 @@ def _tables(
 
 
 # -- findings ------------------------------------------------------------------------------------
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def _admitted(r: Row, somaxconn: int | None) -> str:
     est = r.counts["established"]
-    text = f"listen({r.backlog}) admitted {est} of {_plural(r.plan.connects, 'connect')}"
+    text = f"listen({r.backlog}) admitted {est} of {plural(r.plan.connects, 'connect')}"
     eff = r.effective
     if eff is not None and est == eff + 1:
         if eff < r.backlog:
@@ -731,7 +727,7 @@ def _admitted(r: Row, somaxconn: int | None) -> str:
             f" ({r.view.drops} drops counted on the listener)" if r.view.drops is not None else ""
         )
         parts.append(
-            f"the other {_plural(waiting, 'SYN')} were dropped{drops}: those clients sat "
+            f"the other {plural(waiting, 'SYN')} were dropped{drops}: those clients sat "
             f"in SYN_SENT, due to retransmit {FIRST_RETRANSMIT_S:g} s after connect()"
         )
     if r.counts["refused"]:
@@ -818,7 +814,7 @@ def _findings(
         if r.early_retrans:
             report.findings.append(
                 f"listen({r.backlog}): the waiting clients had already retransmitted "
-                f"{_plural(r.early_retrans, 'SYN')} when the counters were read (the "
+                f"{plural(r.early_retrans, 'SYN')} when the counters were read (the "
                 f"connects and the settle took over {FIRST_RETRANSMIT_S:g} s on this "
                 "host), so its drop counters count those again."
             )
@@ -835,7 +831,7 @@ def _findings(
         report.findings.append(
             f"Host-wide, TcpExt ListenOverflows rose by {sum(v for v in ov if v is not None)} "
             f"and ListenDrops by {sum(v for v in dr if v is not None)} over the settle "
-            f"window{'s' if len(rows) > 1 else ''} of {_plural(len(rows), 'row')}{own_text} "
+            f"window{'s' if len(rows) > 1 else ''} of {plural(len(rows), 'row')}{own_text} "
             "(other traffic in this network namespace moves the host-wide counters too, and "
             "each retransmitted SYN counts again)."
         )
@@ -920,7 +916,7 @@ def _retry_text(r: Row) -> str:
     if rr.client_only:
         them = "it" if rr.client_only == 1 else "them"
         text += (
-            f" {_plural(rr.client_only, 'client')} reached ESTABLISHED on the client side, "
+            f" {plural(rr.client_only, 'client')} reached ESTABLISHED on the client side, "
             f"yet the server never accepted {them}"
         )
         if rr.listener_drops is not None and rr.listener_drops >= rr.client_only:

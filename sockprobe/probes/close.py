@@ -35,7 +35,7 @@ from sockprobe import kernel
 from sockprobe.kernel import sockstate
 from sockprobe.lab import Deadline, Lab
 from sockprobe.probes import ProbeParams, Stopwatch
-from sockprobe.probes.timeouts import Attempt, attempt, result_errno, result_text
+from sockprobe.probes._outcome import Attempt, attempt, result_errno, result_text
 from sockprobe.report import NA, Cell, Report, environment, params_dict
 
 RECV_SIZE = 1024

@@ -28,7 +28,7 @@ from typing import Any
 
 from sockprobe import kernel
 from sockprobe.lab import Deadline, Lab, Worker
-from sockprobe.probes import ProbeParams, Stopwatch, require
+from sockprobe.probes import ProbeParams, Stopwatch, plural, require
 from sockprobe.report import NA, Cell, Report, environment, params_dict
 from sockprobe.status import Unsupported
 
@@ -538,7 +538,7 @@ def _findings(
         if not rows:
             continue
         parts = [
-            (f"{_plural(c.segments, 'data segment')} " if i == 0 else f"{c.segments} ")
+            (f"{plural(c.segments, 'data segment')} " if i == 0 else f"{c.segments} ")
             + labels[c.mode]
             + (f" (and {c.retrans} retransmitted)" if c.retrans else "")
             for i, c in enumerate(rows)
@@ -608,7 +608,7 @@ def _wwr_text(n: Wwr, d: Wwr, rounds: int) -> str:
         text += f" ({ratio:,.0f}x slower)" if ratio >= 10 else f" ({ratio:.1f}x slower)"
     if not n.stalled:
         return text + (
-            f"; no Nagle round took >= {STALL_MS:g} ms in {_plural(rounds, 'round')} (a new "
+            f"; no Nagle round took >= {STALL_MS:g} ms in {plural(rounds, 'round')} (a new "
             "connection starts in quick-ACK mode, tcp(7) TCP_QUICKACK: more --rounds show "
             "the stall)."
         )
@@ -623,10 +623,6 @@ def _wwr_text(n: Wwr, d: Wwr, rounds: int) -> str:
         "acknowledged, and the server delays that ACK because it has nothing to send "
         "until it has the whole request."
     )
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _headline(by_mode: dict[str, Wwr], coalesced: list[Coalesce]) -> str:

@@ -33,14 +33,13 @@ import errno
 import ipaddress
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sockprobe import kernel
-from sockprobe.kernel import reuse, sockdiag
+from sockprobe.kernel import reuse, sockdiag, sockstate
 from sockprobe.lab import Deadline, Host, Lab
 from sockprobe.probes import ProbeParams, Stopwatch, require
 from sockprobe.report import NA, Cell, Report, environment, params_dict
@@ -304,7 +303,7 @@ def _scenario(ctx: Ctx, index: int, sc: Scenario) -> Outcome:
     if sc.abortive:
         # SO_LINGER {on, 0 s} (socket(7)): close() discards the send queue and sends RST
         # instead of FIN, so neither side goes through TIME_WAIT.
-        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sockstate.abortive_linger(first)
     lab.close(first)
     # The other side reads the end of the stream (b'' after a FIN, ECONNRESET after a
     # RST), then closes too, as a well-behaved peer does.
@@ -591,7 +590,7 @@ def _pinned_connect(ctx: Ctx, tw: TwReuse) -> tuple[str, bool]:
     lab.adopt(peer)
     # Abort both ends (RST): this connection must not leave a TIME_WAIT of its own.
     for end in (s, peer):
-        end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sockstate.abortive_linger(end)
         lab.close(end)
     return "ok", got
 

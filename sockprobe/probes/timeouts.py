@@ -42,6 +42,7 @@ from sockprobe import kernel
 from sockprobe.kernel import sockstate
 from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, require
+from sockprobe.probes._outcome import Attempt, attempt, errno_name, result_errno, result_text
 from sockprobe.report import Cell, Report, environment, params_dict
 from sockprobe.status import DeadlineExceeded
 
@@ -111,60 +112,6 @@ class Params(ProbeParams):
 
 
 # -- one call, measured ----------------------------------------------------------------
-@dataclass
-class Attempt:
-    """What one socket call did: its return value or exception, and how long it took."""
-
-    value: Any = None
-    error: BaseException | None = None
-    elapsed_s: float = 0.0
-    #: The call was still blocked after the wake-up wait and shutdown() woke it.
-    woken_after: float | None = None
-
-
-def attempt(fn: Callable[[], Any]) -> Attempt:
-    """Run one call and keep whatever it returned or raised, with its duration."""
-    t0 = time.perf_counter()
-    try:
-        value = fn()
-    except Exception as exc:  # the exception *is* the measurement
-        return Attempt(error=exc, elapsed_s=time.perf_counter() - t0)
-    return Attempt(value=value, elapsed_s=time.perf_counter() - t0)
-
-
-def errno_name(code: int | None) -> str | None:
-    """errno.errorcode lookup: 111 -> ECONNREFUSED; None and 0 stay as they are."""
-    if code is None:
-        return None
-    if code == 0:
-        return "0"
-    return errno.errorcode.get(code, str(code))
-
-
-def show_value(value: Any) -> str:
-    """A deterministic rendering of a return value: b'' stays b'', long data is a size."""
-    if isinstance(value, (bytes, bytearray)):
-        return repr(bytes(value)) if len(value) <= 16 else f"{len(value)} bytes"
-    if isinstance(value, tuple) and value and value[0] == "connection":
-        return "a connection"
-    return repr(value)
-
-
-def result_text(a: Attempt) -> str:
-    if a.error is not None:
-        return f"raised {type(a.error).__name__}"
-    return f"returned {show_value(a.value)}"
-
-
-def result_errno(a: Attempt, call: str = "") -> str | None:
-    """The errno name of an exception, or of connect_ex()'s return value."""
-    if a.error is not None:
-        return errno_name(getattr(a.error, "errno", None))
-    if call == "connect_ex" and isinstance(a.value, int):
-        return errno_name(a.value)
-    return None
-
-
 def call_bounded(
     lab: Lab, sock: socket.socket, fn: Callable[[], Any], wake_after: float | None, doing: str
 ) -> Attempt:
