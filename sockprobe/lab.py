@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -132,6 +133,7 @@ class Lab:
     sockets: list[socket.socket] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
     endpoints: list[dict[str, Any]] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __enter__(self) -> Lab:
         return self
@@ -255,6 +257,20 @@ class Lab:
         t.start()
         return w
 
+    # -- child processes ---------------------------------------------------------------
+    def process(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        """A child process (stdout and stderr piped) that the Lab kills at cleanup if it
+        is still running. For a peer that must not share this interpreter's GIL."""
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=pass_fds,
+        )
+        self.processes.append(proc)
+        return proc
+
     # -- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:
         live = [w for w in self.workers if w.thread.is_alive()]
@@ -276,3 +292,14 @@ class Lab:
                 pass
         self.sockets.clear()
         self.workers = [w for w in self.workers if w.thread.is_alive()]
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                pass
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        self.processes.clear()

@@ -17,9 +17,12 @@ Three experiments, each on fresh loopback connections:
 
 from __future__ import annotations
 
+import json
+import selectors
 import socket
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,8 +40,8 @@ MODES = ("nagle", "nodelay", "cork")
 ALL_MODES = (*MODES, "cork-held")
 READERS = ("idle", "concurrent", "both")
 RECV_SIZE = 65536
-#: Pause between the reader thread signalling and the first write, so that it is inside
-#: recv() by then (it needs the GIL to get there).
+#: Pause between the reader process signalling and the first write, so that it is
+#: inside recv() by then.
 READER_SETTLE_S = 0.01
 #: A round trip at least this long counts as stalled (Linux's minimum delayed-ACK
 #: timeout is 40 ms, TCP_DELACK_MIN; a loopback round trip without it is microseconds).
@@ -138,9 +141,68 @@ def _recv_exact(s: socket.socket, total: int, deadline: Deadline, doing: str) ->
     return sizes
 
 
-def _reader(s: socket.socket, total: int, deadline: Deadline, ready: threading.Event) -> list[int]:
-    ready.set()
-    return _recv_exact(s, total, deadline, "reading concurrently")
+#: The concurrent receiver runs in a child process: a thread of this interpreter would
+#: wait for the GIL while the writer loops (the writer takes it back after every send()),
+#: so it often read nothing until the writes were over and the run measured an idle
+#: receiver again. The child inherits the accepted socket's fd, says "ready" once it is
+#: about to block in recv(), and prints the size of every recv() as JSON at the end.
+_READER_CHILD = """
+import json, socket, sys
+s = socket.socket(fileno=int(sys.argv[1]))
+total, s_timeout = int(sys.argv[2]), float(sys.argv[3])
+s.settimeout(s_timeout)
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+sizes, got = [], 0
+while got < total:
+    chunk = s.recv(int(sys.argv[4]))
+    if not chunk:
+        break
+    sizes.append(len(chunk))
+    got += len(chunk)
+s.detach()
+sys.stdout.write(json.dumps(sizes) + "\\n")
+"""
+
+
+def _start_reader(lab: Lab, s: socket.socket, total: int) -> subprocess.Popen[bytes]:
+    timeout = lab.deadline.timeout(10.0, "starting the reader")
+    argv = [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        _READER_CHILD,
+        str(s.fileno()),
+        str(total),
+        f"{timeout:.3f}",
+        str(RECV_SIZE),
+    ]
+    proc = lab.process(argv, pass_fds=(s.fileno(),))
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(lab.deadline.timeout(5.0, "starting the reader")):
+            lab.deadline.check("starting the reader")
+            raise RuntimeError("the reader process did not start within 5 s")
+    if proc.stdout.readline() != b"ready\n":
+        raise RuntimeError(
+            "the reader process failed to start: "
+            + (proc.stderr.read().decode(errors="replace")[-300:] if proc.stderr else "")
+        )
+    return proc
+
+
+def _reader_sizes(lab: Lab, proc: subprocess.Popen[bytes]) -> list[int]:
+    try:
+        out, err = proc.communicate(timeout=lab.deadline.timeout(10.0, "reading concurrently"))
+    except subprocess.TimeoutExpired:
+        lab.deadline.check("reading concurrently")
+        raise RuntimeError("the reader process did not finish within 10 s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"the reader process failed: {err.decode(errors='replace')[-300:]}")
+    sizes: list[int] = json.loads(out.decode().strip().splitlines()[-1])
+    return sizes
 
 
 def _result(w: Worker, deadline: Deadline, doing: str) -> Any:
@@ -183,15 +245,11 @@ def _coalesce(lab: Lab, mode: str, reader: str, p: Params) -> Coalesce:
     c, s = lab.tcp_pair(configure_client=_configure(mode), name=f"coalesce {mode}/{reader}")
     payload = b"x" * p.size
     total = p.writes * p.size
-    worker = None
+    child = None
     if reader == "concurrent":
-        ready = threading.Event()
-        worker = lab.thread(_reader, s, total, lab.deadline, ready, name="sockprobe-nagle-reader")
-        # Start writing only once the reader is blocked in recv(): a thread that has not
-        # been scheduled yet would make this run the idle-receiver case again.
-        if not ready.wait(lab.deadline.timeout(2.0, "starting the reader")):
-            lab.deadline.check("starting the reader")
-            raise RuntimeError("the reader thread did not start within 2 s")
+        child = _start_reader(lab, s, total)
+        # "ready" is written just before the child's first recv(); give it a moment to
+        # be blocked there before the first write.
         time.sleep(READER_SETTLE_S)
     before = _sent(c)
     if _corks(mode):
@@ -203,8 +261,8 @@ def _coalesce(lab: Lab, mode: str, reader: str, p: Params) -> Coalesce:
         _cork(c, False)  # uncorking pushes whatever is queued at once
     _wait_drained(c, lab.deadline, cap=3.0)
     after = _sent(c)
-    if worker is not None:
-        sizes: list[int] = _result(worker, lab.deadline, "reading concurrently")
+    if child is not None:
+        sizes = _reader_sizes(lab, child)
     else:
         sizes = _recv_exact(s, total, lab.deadline, "reading after the writer finished")
     segs, retrans = _delta(before, after)
@@ -672,10 +730,12 @@ def _notes(report: Report) -> None:
             "packets while no segment is larger than the MSS. To check: tcpdump -i lo -nn "
             "--immediate-mode 'tcp src port <client port>' during a run, and count the lines "
             "whose length is above 0 (ports are under Endpoints).",
-            "The concurrent receiver is a thread of this process, already blocked in recv() "
-            "when the first write is made. How often it runs while the writes go on is up to "
-            "the scheduler and Python's GIL (the recv() calls column shows it), so that "
-            "table is context, not a property of the host.",
+            "The concurrent receiver is a child process (a thread would wait for this "
+            "interpreter's GIL while the writer loops), already blocked in recv() when the "
+            "first write is made. Each read it makes lets the kernel ACK at once, which frees "
+            "the congestion window sooner. How often it runs during the writes is up to the "
+            "scheduler (the recv() calls column shows it), so that table is context, not a "
+            "property of the host.",
             "Merging also depends on the congestion control (tcp_congestion_control) and "
             "net.ipv4.tcp_autocorking, shown under Kernel settings.",
             "macOS: TCP_NOPUSH instead of TCP_CORK, delayed ACKs up to about 100 ms, TCP_INFO "
