@@ -18,6 +18,7 @@ Three experiments, each on fresh loopback connections:
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import socket
 import statistics
@@ -193,6 +194,26 @@ def _start_reader(lab: Lab, s: socket.socket, total: int) -> subprocess.Popen[by
     return proc
 
 
+def _pin_apart(child_pid: int) -> set[int] | None:
+    """Put the writer (this thread) and the reader process on different CPUs, and return
+    this thread's previous CPU set so the caller can restore it; None where there is only
+    one CPU or affinity cannot be set (not Linux). Left to the scheduler, a woken reader
+    is often placed on the writer's CPU and only runs once the writes are over, which
+    makes the run measure an idle receiver again (about half the runs here)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        mine = os.sched_getaffinity(0)
+        if len(mine) < 2:
+            return None
+        writer_cpu, reader_cpu = sorted(mine)[:2]
+        os.sched_setaffinity(child_pid, {reader_cpu})
+        os.sched_setaffinity(0, {writer_cpu})  # 0: the calling thread only (Linux)
+    except OSError:
+        return None
+    return mine
+
+
 def _reader_sizes(lab: Lab, proc: subprocess.Popen[bytes]) -> list[int]:
     try:
         out, err = proc.communicate(timeout=lab.deadline.timeout(10.0, "reading concurrently"))
@@ -246,21 +267,27 @@ def _coalesce(lab: Lab, mode: str, reader: str, p: Params) -> Coalesce:
     payload = b"x" * p.size
     total = p.writes * p.size
     child = None
+    pinned = None
     if reader == "concurrent":
         child = _start_reader(lab, s, total)
+        pinned = _pin_apart(child.pid)
         # "ready" is written just before the child's first recv(); give it a moment to
         # be blocked there before the first write.
         time.sleep(READER_SETTLE_S)
-    before = _sent(c)
-    if _corks(mode):
-        _cork(c, True)
-    c.settimeout(lab.deadline.timeout(5.0, "writing"))
-    for _ in range(p.writes):
-        c.sendall(payload)
-    if mode == "cork":
-        _cork(c, False)  # uncorking pushes whatever is queued at once
-    _wait_drained(c, lab.deadline, cap=3.0)
-    after = _sent(c)
+    try:
+        before = _sent(c)
+        if _corks(mode):
+            _cork(c, True)
+        c.settimeout(lab.deadline.timeout(5.0, "writing"))
+        for _ in range(p.writes):
+            c.sendall(payload)
+        if mode == "cork":
+            _cork(c, False)  # uncorking pushes whatever is queued at once
+        _wait_drained(c, lab.deadline, cap=3.0)
+        after = _sent(c)
+    finally:
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned)
     if child is not None:
         sizes = _reader_sizes(lab, child)
     else:
@@ -731,11 +758,12 @@ def _notes(report: Report) -> None:
             "--immediate-mode 'tcp src port <client port>' during a run, and count the lines "
             "whose length is above 0 (ports are under Endpoints).",
             "The concurrent receiver is a child process (a thread would wait for this "
-            "interpreter's GIL while the writer loops), already blocked in recv() when the "
-            "first write is made. Each read it makes lets the kernel ACK at once, which frees "
-            "the congestion window sooner. How often it runs during the writes is up to the "
-            "scheduler (the recv() calls column shows it), so that table is context, not a "
-            "property of the host.",
+            "interpreter's GIL while the writer loops) on a CPU of its own, the writer on "
+            "another (sched_setaffinity), already blocked in recv() when the first write is "
+            "made. Each read lets the kernel ACK at once, which frees the congestion window "
+            "sooner. How often it runs during the writes still depends on scheduling (the "
+            "recv() calls column shows it), so that table is context, not a property of the "
+            "host.",
             "Merging also depends on the congestion control (tcp_congestion_control) and "
             "net.ipv4.tcp_autocorking, shown under Kernel settings.",
             "macOS: TCP_NOPUSH instead of TCP_CORK, delayed ACKs up to about 100 ms, TCP_INFO "
