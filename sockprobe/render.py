@@ -56,7 +56,8 @@ def format_cell(value: Cell) -> str:
         if a >= 100:
             return f"{value:.1f}"
         if a >= 1:
-            return f"{value:.2f}"
+            # Two decimals at most, without trailing zeros: 55.6, 44.03, 40 (not 40.00).
+            return f"{value:.2f}".rstrip("0").rstrip(".")
         return f"{value:.3g}"
     return str(value)
 
