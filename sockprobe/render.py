@@ -122,12 +122,13 @@ def _plain(v: Any) -> str:
 
 
 def _csv(reports: Sequence[Report]) -> str:
-    """One CSV stream: every row carries probe and table title, so tables can be told apart."""
+    """One CSV stream: every row carries its report (the probe) and table title, so tables
+    can be told apart (a column of the summary is itself called "probe")."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     for report in reports:
         for table in report.tables:
-            w.writerow(["probe", "table", *_headers(table)])
+            w.writerow(["report", "table", *_headers(table)])
             for row in table.rows:
                 w.writerow([report.probe, table.title, *[_csv_cell(c) for c in row]])
     return buf.getvalue()

@@ -55,7 +55,7 @@ def test_every_format_renders(capsys, fmt):
         json.loads(out)
     elif fmt == "csv":
         rows = list(csv.reader(io.StringIO(out)))
-        assert rows[0][:2] == ["probe", "table"]
+        assert rows[0][:2] == ["report", "table"]
         assert any(r[0] == "nagle" for r in rows[1:])
     elif fmt == "markdown":
         assert "| mode" in out and "|---" in out.replace(" ", "").replace(":", "")
