@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import has_ipv6_loopback
 
 from sockprobe import kernel
 from sockprobe.cli import main
@@ -201,10 +202,7 @@ def test_too_low_hard_limit_is_reported_and_the_largest_sweep_runs() -> None:
 
 @linux_only
 def test_ipv6_loopback_when_available() -> None:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
+    if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     r = backlog.run(backlog.Params(host="::1", backlogs=(2,)))
     row = _rows(r, "What")[0]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import interrupt
 
 from sockprobe.cli import main
 
@@ -121,39 +122,12 @@ def test_subprocess_smoke():
 
 
 def test_ctrl_c_exits_130_after_cleaning_up():
-    import signal
-    import time
-
     # cork-held rounds take ~200 ms each: 100 of them are still running when SIGINT lands.
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sockprobe",
-            "nagle",
-            "--mode",
-            "cork-held",
-            "--rounds",
-            "100",
-            "--reader",
-            "idle",
-            "--writes",
-            "5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, err, took = interrupt(
+        ["nagle", "--mode", "cork-held", "--rounds", "100", "--reader", "idle", "--writes", "5"],
+        after=1.0,
     )
-    try:
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=10)
-        assert time.monotonic() - t0 < 3.0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
+    assert took < 3.0
+    assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 
 import pytest
+from helpers import has_ipv6_loopback
 
 from sockprobe import kernel
 from sockprobe.cli import main
@@ -139,10 +139,7 @@ def test_short_deadline_stops_cleanly_and_soon():
 
 
 def test_ipv6_loopback_when_available():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
+    if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     r = close.run(close.Params(host="::1"))
     assert all(ep["local"].startswith("[::1]:") for ep in r.endpoints)

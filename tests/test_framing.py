@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+from helpers import has_ipv6_loopback
 
 from sockprobe.diff import compare
 from sockprobe.probes import framing
@@ -205,10 +206,7 @@ def test_concurrent_receiver_still_loses_nothing_and_prefix_recovers_all():
 
 
 def test_ipv6_loopback_when_available():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
+    if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     p = framing.Params(host="::1", transports=("tcp", "udp"))
     r = framing.run(p)

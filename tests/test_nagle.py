@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import has_ipv6_loopback
 
 from sockprobe import kernel
 from sockprobe.probes import nagle
@@ -140,12 +141,8 @@ def test_cork_held_hits_the_200ms_ceiling():
 
 
 def test_ipv6_loopback_runs_when_available():
-    import socket
 
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
+    if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     r = nagle.run(nagle.Params(host="::1", rounds=3, writes=10, reader="idle"))
     assert all(ep["local"].startswith("[::1]:") for ep in r.endpoints)

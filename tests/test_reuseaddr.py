@@ -12,13 +12,13 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
 import pytest
+from helpers import has_ipv6_loopback
 
 from sockprobe import kernel
 from sockprobe.cli import main
@@ -228,17 +228,8 @@ def test_reuseport_restart_resets_exactly_the_closed_listeners_queue(doc: dict[s
     assert kept["served by the kept listener"] == n
 
 
-def _can_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @linux_only
-@pytest.mark.skipif(not _can_ipv6(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_host_and_wildcard_listen() -> None:
     r = reuseaddr.run(reuseaddr.Params(host="::1", wildcard_listen=True))
     d = r.to_dict()

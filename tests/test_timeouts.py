@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
+from helpers import has_ipv6_loopback, interrupt
 
 from sockprobe import kernel
 from sockprobe.cli import main
@@ -219,10 +219,7 @@ def test_short_deadline_stops_cleanly_and_soon():
 
 
 def test_ipv6_loopback_when_available():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
+    if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     r = timeouts.run(
         timeouts.Params(host="::1", ops=("connect-full-queue", "recv"), modes=("timeout",))
@@ -263,27 +260,10 @@ def test_cli_json_and_bad_input(capsys):
 
 
 def test_ctrl_c_wakes_every_waiting_case_and_exits_130():
-    import signal
-    import subprocess
-    import sys
 
     # With T = 3 s the matrix would run for more than 3 s; SIGINT lands in the middle.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sockprobe", "timeouts", "--op-timeout", "3", "--wake-after", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(1.2)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=10)
-        # Shutting down the cases' sockets wakes them: no waiting out the 3 s timeouts.
-        assert time.monotonic() - t0 < 1.5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
+    code, err, took = interrupt(["timeouts", "--op-timeout", "3", "--wake-after", "3"], after=1.2)
+    # Shutting down the cases' sockets wakes them: no waiting out the 3 s timeouts.
+    assert took < 1.5
+    assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
