@@ -55,6 +55,13 @@ def errno_name(code: int | None) -> str | None:
     return errno.errorcode.get(code, str(code))
 
 
+def oserror_name(exc: OSError) -> str:
+    """The errno name of a failed call ("EADDRINUSE"), or its class name when the
+    exception carries no errno (a Python-level TimeoutError, for one)."""
+    name = errno_name(exc.errno) if exc.errno else None
+    return name or type(exc).__name__
+
+
 def oserror_text(exc: OSError) -> str:
     """`ECONNREFUSED (Connection refused)`-style text that keeps the errno name."""
     if exc.errno is None:

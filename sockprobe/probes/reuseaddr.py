@@ -43,7 +43,7 @@ from sockprobe.kernel import reuse, sockdiag, sockstate
 from sockprobe.lab import Deadline, Host, Lab
 from sockprobe.probes import ProbeParams, Stopwatch, require
 from sockprobe.report import NA, Cell, Report, environment, params_dict
-from sockprobe.status import DeadlineExceeded
+from sockprobe.status import DeadlineExceeded, oserror_name
 
 #: progress(seconds_left, seconds_waited, done), called while `wait` waits TIME_WAIT out:
 #: seconds_left is the kernel's timer as read each time (0 once it is overdue), `done`
@@ -247,12 +247,6 @@ def _settle(ctx: Ctx, port: int, cport: int) -> list[Seen]:
         time.sleep(0.001)
 
 
-def _errno_name(exc: OSError) -> str:
-    if exc.errno is None:
-        return type(exc).__name__
-    return errno.errorcode.get(exc.errno, str(exc.errno))
-
-
 def _inode(sock: socket.socket) -> int:
     return os.fstat(sock.fileno()).st_ino
 
@@ -347,7 +341,7 @@ def _scenario(ctx: Ctx, index: int, sc: Scenario) -> Outcome:
         new.bind(ctx.host.sockaddr(port))
         result = "ok"
     except OSError as exc:
-        result = _errno_name(exc)
+        result = oserror_name(exc)
     lab.close(new)
     if sc.listener_open:
         lab.close(old)
@@ -443,7 +437,7 @@ def _v6only(ctx: Ctx, setting: int | None, listen: bool) -> V6Row:
             if exc.errno == errno.EADDRINUSE:
                 na = NA("every [::] port tried was taken before the [::] socket could bind it")
             else:
-                na = NA(f"no IPv6 here: {_errno_name(exc)}")
+                na = NA(f"no IPv6 here: {oserror_name(exc)}")
             return V6Row(setting, listen, na, na, na)
     assert wild is not None
     if listen:
@@ -466,13 +460,13 @@ def _v6only(ctx: Ctx, setting: int | None, listen: bool) -> V6Row:
             else NA("sock_diag did not report this socket")
         )
     except OSError as exc:
-        diag = NA(f"sock_diag unavailable: {_errno_name(exc)}")
+        diag = NA(f"sock_diag unavailable: {oserror_name(exc)}")
     v4 = lab.open_socket(family=socket.AF_INET)
     try:
         v4.bind(("0.0.0.0", port))
         result: Cell = "ok"
     except OSError as exc:
-        result = _errno_name(exc)
+        result = oserror_name(exc)
     lab.close(v4)
     lab.close(wild)
     return V6Row(setting, listen, effective, diag, result)
@@ -524,7 +518,7 @@ def _timer_row(ctx: Ctx, label: str, port: int, cport: int, want: int) -> TimerR
         ]
         diag = round(found[0].expires_ms / 1000, 2) if found else NA("not found by sock_diag")
     except OSError as exc:
-        diag = NA(f"sock_diag unavailable: {_errno_name(exc)}")
+        diag = NA(f"sock_diag unavailable: {oserror_name(exc)}")
     return TimerRow(label, kernel.tcp_state_name(row.state), round(row.timer_s, 2), diag)
 
 
@@ -583,7 +577,7 @@ def _pinned_connect(ctx: Ctx, tw: TwReuse) -> tuple[str, bool]:
         s.connect(tw.listener.getsockname())
     except OSError as exc:
         lab.close(s)
-        return _errno_name(exc), False
+        return oserror_name(exc), False
     got = s.getsockname()[1] == tw.tw_port
     tw.listener.settimeout(dl.timeout(5.0, "accepting"))
     peer, _ = tw.listener.accept()
@@ -608,7 +602,7 @@ def _tw_reuse_start(ctx: Ctx) -> TwReuse:
     try:
         reuse.pin_local_port_range(probe, 1024)
     except OSError as exc:
-        tw.na = NA(f"IP_LOCAL_PORT_RANGE (Linux 6.3+) unavailable: {_errno_name(exc)}")
+        tw.na = NA(f"IP_LOCAL_PORT_RANGE (Linux 6.3+) unavailable: {oserror_name(exc)}")
         lab.close(probe)
         return tw
     lab.close(probe)
@@ -726,7 +720,7 @@ def _reuseport(ctx: Ctx, clients: int) -> tuple[list[GroupRow], NA | None]:
     try:
         reuse.steer_reuseport_by_dscp(old)
     except OSError as exc:
-        return [], NA(f"cannot steer clients (SO_ATTACH_REUSEPORT_CBPF): {_errno_name(exc)}")
+        return [], NA(f"cannot steer clients (SO_ATTACH_REUSEPORT_CBPF): {oserror_name(exc)}")
     conns: list[tuple[int, socket.socket]] = []
     for group in (0, 1):
         for _ in range(clients):
@@ -824,7 +818,7 @@ def _wait_out(ctx: Ctx, o: Outcome, progress: Progress | None) -> WaitResult:
         new.bind(ctx.host.sockaddr(o.port))
         result = "ok"
     except OSError as exc:
-        result = _errno_name(exc)
+        result = oserror_name(exc)
     lab.close(new)
     return WaitResult(o.index, round(start_left, 2), round(waited, 2), n, result)
 

@@ -36,7 +36,7 @@ from sockprobe.kernel import udp
 from sockprobe.lab import Deadline, Host, Lab, fmt_addr
 from sockprobe.probes import ProbeParams, Stopwatch, require
 from sockprobe.report import NA, Cell, Report, environment, params_dict
-from sockprobe.status import DeadlineExceeded, oserror_text
+from sockprobe.status import DeadlineExceeded, oserror_name, oserror_text
 
 DEFAULT_SIZES = (64, 512, 1024, 1472, 1500, 8192, 65507)
 #: Sizes the sweep accepts; beyond the family's limit send() raises EMSGSIZE and the row
@@ -134,7 +134,7 @@ def _sweep_one(lab: Lab, size: int, bufsize: int) -> SweepRow:
         tx.send(data)
         tx.send(data)
     except OSError as exc:
-        row.send_error = _errname(exc)
+        row.send_error = oserror_name(exc)
         lab.close(tx)
         lab.close(rx)
         return row
@@ -154,7 +154,7 @@ def _sweep_one(lab: Lab, size: int, bufsize: int) -> SweepRow:
         row.missing = True
     except OSError as exc:
         # Windows fails the read with WSAEMSGSIZE instead of truncating quietly.
-        row.send_error = f"recv: {_errname(exc)}"
+        row.send_error = f"recv: {oserror_name(exc)}"
     lab.close(tx)
     lab.close(rx)
     return row
@@ -227,7 +227,7 @@ def _limit(lab: Lab, host: Host) -> LimitRow:
     try:
         tx.send(bytes(lo + 1))
     except OSError as exc:
-        row.over_error = _errname(exc)
+        row.over_error = oserror_name(exc)
     lab.close(tx)
     lab.close(rx)
     return row
@@ -257,7 +257,7 @@ def _boundaries(lab: Lab) -> Boundaries:
         extra = rx.recv(65536)
         out.after = f"another datagram of {len(extra)} B"
     except BlockingIOError as exc:
-        out.after = f"BlockingIOError {_errname(exc)} (queue empty)"
+        out.after = f"BlockingIOError {oserror_name(exc)} (queue empty)"
     lab.close(tx)
     lab.close(rx)
     return out
@@ -395,7 +395,7 @@ def _icmp(lab: Lab, kind: str, p: Params) -> IcmpRow:
             s.sendto(b"probe", dest)
         send_outcome = "ok"
     except OSError as exc:
-        send_outcome = _errname(exc)
+        send_outcome = oserror_name(exc)
     doing = f"waiting for an ICMP error on the {kind} socket"
     given = _recv_timeout(lab, p.op_timeout, doing)
     s.settimeout(given)
@@ -407,7 +407,7 @@ def _icmp(lab: Lab, kind: str, p: Params) -> IcmpRow:
         _timed_out(lab.deadline, p.op_timeout, given, doing)
         outcome = f"TimeoutError: nothing within {p.op_timeout:g} s"
     except OSError as exc:
-        outcome = f"{type(exc).__name__} {_errname(exc)}"
+        outcome = f"{type(exc).__name__} {oserror_name(exc)}"
     after_ms = (time.perf_counter() - t0) * 1000
     noports1 = _udp_counter(lab.host.family, "NoPorts")
     lab.close(s)
@@ -420,10 +420,6 @@ def _icmp(lab: Lab, kind: str, p: Params) -> IcmpRow:
         after_ms,
         None if noports0 is None or noports1 is None else noports1 - noports0,
     )
-
-
-def _errname(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else type(exc).__name__
 
 
 # -- the probe --------------------------------------------------------------------------------
