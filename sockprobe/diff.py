@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sockprobe.fingerprint import FINGERPRINT_KIND
-from sockprobe.report import Report
+from sockprobe.report import SCHEMA_VERSION, Report, col
 from sockprobe.status import UsageError
 
 #: Volatile numbers are equal when within this factor of each other...
@@ -50,8 +50,8 @@ def load(path: str) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != 1:
-        raise UsageError(f"{path} is not a sockprobe schema 1 document")
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_VERSION:
+        raise UsageError(f"{path} is not a sockprobe schema 2 document")
     if doc.get("kind") == FINGERPRINT_KIND and isinstance(doc.get("probes"), dict):
         return doc
     if isinstance(doc.get("probe"), str) and isinstance(doc.get("tables"), list):
@@ -83,40 +83,50 @@ def within_tolerance(a: Any, b: Any, unit: str) -> bool:
     return (x >= 0) == (y >= 0) and lo > 0 and hi / lo <= FACTOR
 
 
-def _row_key(table: dict[str, Any], row: list[Any], index: int) -> str:
-    volatile = set(table.get("volatile") or []) | set(table.get("context") or [])
-    keys = [
-        str(c) for col, c in zip(table["columns"], row) if col not in volatile and c is not None
-    ][:2]
-    return "/".join(keys) or f"row {index + 1}"
+def _row_key(table: dict[str, Any], row: dict[str, Any]) -> str:
+    """The row's identity: the values of the table's key columns ("nagle/idle")."""
+    return "/".join(str(row.get(k)) for k in table.get("keys") or [])
 
 
 def _compare_tables(
     probe: str, ta: dict[str, Any], tb: dict[str, Any], out: list[Difference], counts: list[int]
 ) -> None:
-    where = f"{probe} › {ta['title']}"
-    if ta["columns"] != tb["columns"]:
-        out.append(Difference("table", f"{where} (columns)", ta["columns"], tb["columns"]))
+    """Rows are matched by their key columns, never by position; a row on one side only
+    is reported once as such."""
+    where = f"{probe} › {ta['id']}"
+    cols_a = {c["key"]: c for c in ta["columns"]}
+    cols_b = {c["key"]: c for c in tb["columns"]}
+    if list(cols_a) != list(cols_b) or ta.get("keys") != tb.get("keys"):
+        out.append(Difference("table", f"{where} (columns)", list(cols_a), list(cols_b)))
         return
-    rows_a, rows_b = ta["rows"], tb["rows"]
-    if len(rows_a) != len(rows_b):
-        out.append(Difference("table", f"{where} (rows)", len(rows_a), len(rows_b)))
-    volatile = set(ta.get("volatile") or []) | set(tb.get("volatile") or [])
-    context = set(ta.get("context") or []) | set(tb.get("context") or [])
-    units = ta.get("units") or [""] * len(ta["columns"])
-    for i, (ra, rb) in enumerate(zip(rows_a, rows_b)):
-        key = _row_key(ta, ra, i)
-        for col, unit, a, b in zip(ta["columns"], units, ra, rb):
-            if col in context:
+    rows_b: dict[str, dict[str, Any]] = {}
+    for rb in tb["rows"]:
+        rows_b.setdefault(_row_key(tb, rb), rb)
+    seen: set[str] = set()
+    for ra in ta["rows"]:
+        key = _row_key(ta, ra)
+        if key in seen:
+            continue
+        seen.add(key)
+        rb = rows_b.get(key)
+        if rb is None:
+            out.append(Difference("row", f"{where} › {key}", "present", "absent"))
+            continue
+        for ckey, c in cols_a.items():
+            a, b = ra.get(ckey), rb.get(ckey)
+            if c["kind"] == "context":
                 counts[2] += 1
-            elif col in volatile:
+            elif c["kind"] == "volatile":
                 counts[1] += 1
-                if not within_tolerance(a, b, unit):
-                    out.append(Difference("timing", f"{where} › {key} › {col}", a, b))
+                if not within_tolerance(a, b, c.get("unit", "")):
+                    out.append(Difference("timing", f"{where} › {key} › {ckey}", a, b))
             else:
                 counts[0] += 1
                 if a != b:
-                    out.append(Difference("measured", f"{where} › {key} › {col}", a, b))
+                    out.append(Difference("measured", f"{where} › {key} › {ckey}", a, b))
+    for key in rows_b:
+        if key not in seen:
+            out.append(Difference("row", f"{where} › {key}", "absent", "present"))
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[Difference], list[int]]:
@@ -148,11 +158,11 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[Difference], lis
             continue
         if ra.get("params") != rb.get("params"):
             out.append(Difference("params", name, ra.get("params"), rb.get("params")))
-        tables_b = {t["title"]: t for t in rb.get("tables", [])}
+        tables_b = {t["id"]: t for t in rb.get("tables", [])}
         for ta in ra.get("tables", []):
-            tb = tables_b.pop(ta["title"], None)
+            tb = tables_b.pop(ta["id"], None)
             if tb is None:
-                out.append(Difference("table", f"{name} › {ta['title']}", "present", "absent"))
+                out.append(Difference("table", f"{name} › {ta['id']}", "present", "absent"))
             else:
                 _compare_tables(name, ta, tb, out, counts)
         for title in tables_b:
@@ -164,7 +174,12 @@ def run(path_a: str, path_b: str) -> Report:
     a, b = load(path_a), load(path_b)
     diffs, (exact, tolerant, skipped) = compare(a, b)
     rep = Report("diff", params={"a": path_a, "b": path_b})
-    t = rep.table("Differences", ["kind", "where", "A", "B"])
+    t = rep.table(
+        "differences",
+        "Differences",
+        [col("kind"), col("where"), col("a", "A"), col("b", "B")],
+        keys=["kind", "where"],
+    )
     for d in diffs:
         t.add(d.kind, d.where, _show(d.a), _show(d.b))
     n_timing = sum(1 for d in diffs if d.kind == "timing")

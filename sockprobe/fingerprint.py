@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sockprobe.probes import PROBES, load
-from sockprobe.report import SCHEMA_VERSION, Report, environment
+from sockprobe.report import SCHEMA_VERSION, VOLATILE, Report, col, environment
 from sockprobe.status import ExitStatus, classify
 
 FINGERPRINT_KIND = "sockprobe-fingerprint"
@@ -50,10 +50,14 @@ class Fingerprint:
         """A Report whose one table is the summary: probe, status, headline, duration."""
         rep = Report("all", params={})
         t = rep.table(
+            "summary",
             "Summary: every probe with its defaults",
-            ["probe", "status", "headline", "duration"],
-            ["", "", "", "s"],
-            volatile=["headline", "duration"],
+            [
+                col("probe"),
+                col("status"),
+                col("headline", kind=VOLATILE),
+                col("duration_s", "duration", "s", VOLATILE),
+            ],
         )
         for o in self.outcomes:
             if o.report is not None:

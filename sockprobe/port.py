@@ -40,7 +40,7 @@ from sockprobe.kernel import portdiag
 from sockprobe.kernel.owners import Owners, Process, find_owners, process_info, user_name
 from sockprobe.lab import Deadline, Host, Lab, fmt_addr
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
 from sockprobe.status import Unsupported, oserror_text
 
 SYSCTLS = (
@@ -494,7 +494,8 @@ def _diagnose_port(params: Params, host: Host, deadline: Deadline) -> PortResult
 def _port_tables(report: Report, sc: Scene) -> None:
     port = sc.params.port
     protos = " and ".join(p.upper() for p in sc.params.protocols)
-    t = report.table(
+    t = legacy_table(
+        report,
         f"Sockets on port {port} ({protos}, this network namespace; listeners first)",
         [
             "proto",
@@ -518,7 +519,8 @@ def _port_tables(report: Report, sc: Scene) -> None:
             cells = _owner_cells(sc.owner(h), sc.missing(h), h.sock.uid)
         t.add(h.proto, h.local, h.remote, h.state, h.covers(), *cells)
 
-    b = report.table(
+    b = legacy_table(
+        report,
         f"Trial binds on port {port} now (bind, then close; never listen)",
         ["proto", "address", "plain bind", "with SO_REUSEADDR"],
     )
@@ -526,7 +528,8 @@ def _port_tables(report: Report, sc: Scene) -> None:
         b.add(tr.proto, tr.text(port), tr.plain, tr.reuse)
 
     f = sc.facts
-    s = report.table(
+    s = legacy_table(
+        report,
         f"Port {port} in the kernel's port settings",
         ["setting", "value", f"port {port}"],
     )
@@ -981,7 +984,8 @@ def _diagnose_unix(params: Params, deadline: Deadline) -> PortResult:
     peer: Process | None = process_info(cred[0]) if cred and cred[0] > 0 else None
     root = os.geteuid() == 0
 
-    t = report.table(
+    t = legacy_table(
+        report,
         f"Sockets bound to {target} (/proc/net/unix; listeners first)",
         ["type", "state", "pid", "process", "user", "running for", "command line"],
         ["", "", "", "", "", "s", ""],
@@ -991,7 +995,8 @@ def _diagnose_unix(params: Params, deadline: Deadline) -> PortResult:
     for r in shown:
         t.add(r.type_name, r.state_name, *_owner_cells(owners.owner(r.inode), missing, None))
 
-    o = report.table(
+    o = legacy_table(
+        report,
         f"Trials on {target} now",
         ["operation", "result"],
     )

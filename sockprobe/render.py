@@ -63,7 +63,7 @@ def format_cell(value: Cell) -> str:
 
 
 def _headers(table: Table) -> list[str]:
-    return [f"{c} ({u})" if u else c for c, u in zip(table.columns, table.units)]
+    return [f"{c.label} ({c.unit})" if c.unit else c.label for c in table.columns]
 
 
 def _text(report: Report, markdown: bool, explain: bool) -> str:
@@ -79,7 +79,7 @@ def _text(report: Report, markdown: bool, explain: bool) -> str:
             out.append("(none)")
             out.append("")
             continue
-        rows = [[format_cell(c) for c in row] for row in table.rows]
+        rows = [[format_cell(row.get(k)) for k in table.column_keys] for row in table.rows]
         out.append(
             tabulate(
                 rows,
@@ -116,9 +116,7 @@ def _text(report: Report, markdown: bool, explain: bool) -> str:
 
 
 def _plain(v: Any) -> str:
-    if isinstance(v, dict) and "n/a" in v:
-        return f"n/a ({v['n/a']})"
-    return str(v)
+    return "n/a" if v is None else str(v)
 
 
 def _csv(reports: Sequence[Report]) -> str:
@@ -128,9 +126,11 @@ def _csv(reports: Sequence[Report]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     for report in reports:
         for table in report.tables:
-            w.writerow(["report", "table", *_headers(table)])
+            w.writerow(["report", "table", *table.column_keys])
             for row in table.rows:
-                w.writerow([report.probe, table.title, *[_csv_cell(c) for c in row]])
+                w.writerow(
+                    [report.probe, table.id, *[_csv_cell(row.get(k)) for k in table.column_keys]]
+                )
     return buf.getvalue()
 
 

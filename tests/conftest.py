@@ -56,3 +56,14 @@ def no_leaks() -> Iterator[None]:
     if new_kids:
         problems.append(f"child processes left running: {sorted(new_kids)}")
     pytest.fail("; ".join(problems))
+
+
+@pytest.fixture
+def netns() -> object:
+    """The namespace runner (tests/netns.py), or a skip with the reason it cannot run."""
+    import netns as runner
+
+    reason = runner.netns_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return runner

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 
 def has_ipv6_loopback() -> bool:
@@ -40,3 +41,12 @@ def interrupt(args: Sequence[str], after: float) -> tuple[int, str, float]:
             proc.kill()
             proc.communicate()
     return proc.returncode, err, took
+
+
+def labelled(table: Any) -> list[dict[str, Any]]:
+    """A table's rows keyed by column label, from a Table or its JSON form (schema 2).
+    TRANSITIONAL: tests move to column keys as each probe gets stable ones."""
+    if isinstance(table, dict):
+        cols = [(c["key"], c["label"]) for c in table["columns"]]
+        return [{label: r.get(key) for key, label in cols} for r in table["rows"]]
+    return [{c.label: r.get(c.key) for c in table.columns} for r in table.rows]

@@ -43,7 +43,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_all_json_contains_every_probe_and_parses(runs):
     doc = json.loads(runs["a"].read_text())
-    assert doc["schema"] == 1 and doc["kind"] == "sockprobe-fingerprint"
+    assert doc["schema"] == 2 and doc["kind"] == "sockprobe-fingerprint"
     assert set(doc["probes"]) == {p.name for p in PROBES}
     for name, rep in doc["probes"].items():
         assert rep["probe"] == name and rep["tables"], name
@@ -79,10 +79,9 @@ def test_diff_flags_an_exact_measurement_but_tolerates_timing(runs, tmp_path, ca
     doc = json.loads(runs["a"].read_text())
     nagle = doc["probes"]["nagle"]
     table = nagle["tables"][0]
-    col = table["columns"].index("bytes")
-    table["rows"][0][col] += 1
+    table["rows"][0]["bytes"] += 1
     wwr = next(t for t in nagle["tables"] if t["title"].startswith("Write-write-read"))
-    wwr["rows"][0][wwr["columns"].index("median")] *= 1.5  # within tolerance
+    wwr["rows"][0]["median"] *= 1.5  # within tolerance
     changed = tmp_path / "measured.json"
     changed.write_text(json.dumps(doc))
     assert main(["diff", str(runs["a"]), str(changed)]) == 1
@@ -119,7 +118,7 @@ def test_a_probe_that_cannot_finish_is_its_row_and_the_rest_run():
     assert outcome.report is None and outcome.status == ExitStatus.FAILURE
     assert "deadline" in outcome.error
     summary = fp.summary_report()
-    assert "could not run" in summary.tables[0].rows[0][1]
+    assert "could not run" in summary.tables[0].rows[0]["status"]
 
 
 def test_all_with_a_host_that_is_not_local_exits_2(capsys):

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import has_ipv6_loopback
+from helpers import labelled, has_ipv6_loopback
 
 from sockprobe import kernel
 from sockprobe.cli import main
@@ -32,7 +32,7 @@ BACKLOGS = (0, 1, 5, 64)
 
 def _rows(report: Any, prefix: str) -> list[dict[str, Any]]:
     table = next(t for t in report.tables if t.title.startswith(prefix))
-    return [dict(zip(table.columns, row)) for row in table.rows]
+    return labelled(table)
 
 
 def _somaxconn() -> int:
@@ -194,7 +194,7 @@ def test_too_low_hard_limit_is_reported_and_the_largest_sweep_runs() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    row = dict(zip(doc["tables"][0]["columns"], doc["tables"][0]["rows"][0]))
+    row = labelled(doc["tables"][0])[0]
     assert 1 <= row["connects"] < 200
     assert row["established"] == row["connects"]
     assert any("RLIMIT_NOFILE is too low" in f and "hard 200" in f for f in doc["findings"])
@@ -306,7 +306,7 @@ def test_namespace_somaxconn_16_admits_17() -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["environment"]["sysctls"]["net.core.somaxconn"] == 16
-    row = dict(zip(doc["tables"][0]["columns"], doc["tables"][0]["rows"][0]))
+    row = labelled(doc["tables"][0])[0]
     assert row["requested backlog"] == 128
     assert row["effective backlog"] == 16
     assert row["clamped"] is True
@@ -324,7 +324,7 @@ def test_namespace_abort_on_overflow_still_leaves_clients_hanging() -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["environment"]["sysctls"]["net.ipv4.tcp_abort_on_overflow"] == 1
-    row = dict(zip(doc["tables"][0]["columns"], doc["tables"][0]["rows"][0]))
+    row = labelled(doc["tables"][0])[0]
     assert row["established"] == 4
     # Whatever happened is accounted for, and at least some SYNs were simply dropped:
     # the RST of abort_on_overflow never answers a SYN.

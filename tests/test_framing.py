@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from helpers import has_ipv6_loopback
+from helpers import labelled, has_ipv6_loopback
 
 from sockprobe.diff import compare
 from sockprobe.probes import framing
@@ -21,7 +21,7 @@ LARGEST = max(len(m) for m in MSGS)
 
 def _rows(report):
     t = report.tables[0]
-    return {(r[0], r[1]): dict(zip(t.columns, r)) for r in t.rows}
+    return {(r[t.columns[0].label], r[t.columns[1].label]): r for r in labelled(t)}
 
 
 def _label(transport, reader, p=None):

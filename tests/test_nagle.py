@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import has_ipv6_loopback
+from helpers import labelled, has_ipv6_loopback
 
 from sockprobe import kernel
 from sockprobe.probes import nagle
@@ -23,7 +23,7 @@ def _coalescing_rows(report):
 
 
 def _rows(table):
-    return [dict(zip(table.columns, row)) for row in table.rows]
+    return labelled(table)
 
 
 @pytest.fixture(scope="module")

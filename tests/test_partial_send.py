@@ -8,6 +8,8 @@ from array import array
 
 import pytest
 
+from helpers import labelled
+
 from sockprobe import kernel
 from sockprobe.cli import main
 from sockprobe.lab import Deadline, Lab, resolve_host
@@ -23,7 +25,7 @@ def _table(report, prefix):
 
 
 def _rows(table):
-    return [dict(zip(table.columns, row)) for row in table.rows]
+    return labelled(table)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from helpers import labelled
+
 from sockprobe import cli, fastport, kernel, port
 from sockprobe.cli import main
 from sockprobe.kernel import owners, portdiag
@@ -157,7 +159,7 @@ def diagnose(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[
 
 def rows(doc: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
     table = next(t for t in doc["tables"] if t["title"].startswith(prefix))
-    return [dict(zip(table["columns"], r)) for r in table["rows"]]
+    return labelled(table)
 
 
 def trial(doc: dict[str, Any], proto: str, address: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import has_ipv6_loopback
+from helpers import labelled, has_ipv6_loopback
 
 from sockprobe import kernel
 from sockprobe.cli import main
@@ -33,7 +33,7 @@ Row = dict[str, Any]
 
 def _rows(doc: dict[str, Any], prefix: str) -> list[Row]:
     table = next(t for t in doc["tables"] if t["title"].startswith(prefix))
-    return [dict(zip(table["columns"], row)) for row in table["rows"]]
+    return labelled(table)
 
 
 def _matrix(doc: dict[str, Any], **want: Any) -> list[Row]:

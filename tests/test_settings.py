@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import labelled
+
 from sockprobe import kernel
 from sockprobe.cli import main
 from sockprobe.diff import compare
@@ -55,7 +57,7 @@ def _table(report, prefix):
 
 
 def _rows(table):
-    return {r[0]: dict(zip(table.columns, r)) for r in table.rows}
+    return {r[table.columns[0].label]: r for r in labelled(table)}
 
 
 def _proc(name: str) -> str | None:

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from helpers import has_ipv6_loopback, interrupt
+from helpers import labelled, has_ipv6_loopback, interrupt
 
 from sockprobe import kernel
 from sockprobe.cli import main
@@ -63,7 +63,7 @@ BLOCKS = {"connect-full-queue", "accept", "recv", "send-full"}
 
 
 def _rows(table):
-    return [dict(zip(table.columns, row)) for row in table.rows]
+    return labelled(table)
 
 
 def _matrix(report):

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from helpers import labelled
+
 from sockprobe import kernel
 from sockprobe.cli import main
 from sockprobe.kernel import udp
@@ -25,7 +27,7 @@ def _table(report, prefix):
 
 
 def _rows(table):
-    return [dict(zip(table.columns, row)) for row in table.rows]
+    return labelled(table)
 
 
 def _ipv6_loopback() -> bool:

@@ -53,7 +53,7 @@ from sockprobe.kernel.backlog import (
 from sockprobe.kernel.sockstate import abortive_linger
 from sockprobe.lab import Deadline, Lab, fmt_addr
 from sockprobe.probes import ProbeParams, Stopwatch, plural, require
-from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
 from sockprobe.status import Unsupported, errno_name
 
 DEFAULT_BACKLOGS = (0, 1, 8, 128)
@@ -617,7 +617,8 @@ def _tables(
     no_diag = next((r.view.diag_error for r in rows if r.view.diag_error), None)
     diag_reason = no_diag or "sock_diag did not report it"
     proto = "tcp6" if v6 else "tcp"
-    t = report.table(
+    t = legacy_table(
+        report,
         "What listen(n) admitted: non-blocking connects, no accept() until counted",
         [
             "requested backlog",
@@ -644,7 +645,8 @@ def _tables(
             r.counts["other"],
             r.accepted,
         )
-    lt = report.table(
+    lt = legacy_table(
+        report,
         "The listener as the kernel reported it, within the settle window (before accept)",
         [
             "requested backlog",
@@ -676,7 +678,8 @@ def _tables(
             round(r.settle_s * 1000, 1),
         )
     if p.retry_wait > 0:
-        rt = report.table(
+        rt = legacy_table(
+            report,
             f"After accept(): the clients left in SYN_SENT, watched for {p.retry_wait:g} s "
             "while the server kept accepting",
             RETRY_COLUMNS,
@@ -703,8 +706,8 @@ def _tables(
                 _na_none(rr.listener_drops, diag_reason),
                 _na_none(rr.cookies, no_counter),
             )
-    st = report.table(
-        "Kernel settings (per network namespace)", ["setting", "value", "what it does here"]
+    st = legacy_table(
+        report, "Kernel settings (per network namespace)", ["setting", "value", "what it does here"]
     )
     for name in SYSCTLS:
         st.add(name, settings.get(name), SETTING_ROLES[name])

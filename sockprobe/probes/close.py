@@ -36,7 +36,7 @@ from sockprobe.kernel import sockstate
 from sockprobe.lab import Deadline, Lab
 from sockprobe.probes import ProbeParams, Stopwatch
 from sockprobe.probes._outcome import Attempt, attempt, result_errno, result_text
-from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
 
 RECV_SIZE = 1024
 REQUEST = b"request"
@@ -388,7 +388,8 @@ def run(params: Params) -> Report:
 
 
 def _tables(report: Report, r: Run) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         "What each side observes (client = connecting side, server = accepted side)",
         ["scenario", "side", "call", "result", "errno", "TCP state after"],
     )
@@ -410,7 +411,8 @@ def _tables(report: Report, r: Run) -> None:
         None,
         None,
     )
-    c = report.table(
+    c = legacy_table(
+        report,
         "The closing side: what it sent and what it left behind",
         [
             "scenario",

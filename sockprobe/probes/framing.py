@@ -35,7 +35,7 @@ from sockprobe import kernel
 from sockprobe.kernel import udp as udp_kernel
 from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import NA, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Report, environment, params_dict
 from sockprobe.status import SockprobeError
 
 TRANSPORTS = ("tcp", "tcp-nodelay", "udp", "unix-stream", "unix-seqpacket")
@@ -622,7 +622,8 @@ def _table(report: Report, p: Params, msgs: list[bytes], outcomes: list[Outcome]
     volatile = ["TCP segments", "recv() calls", "merged", "split", "lost", "returned (first 3)"]
     if p.receiver == "concurrent":
         volatile.append("intact")  # which reads a racing receiver gets is up to the scheduler
-    t = report.table(
+    t = legacy_table(
+        report,
         f"Message boundaries: {len(msgs)} messages of {sizes} B, one send() each; {when}",
         [
             "transport",

@@ -33,7 +33,7 @@ from typing import Any
 from sockprobe import kernel
 from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, plural, require
-from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
 from sockprobe.status import Unsupported
 
 MODES = ("nagle", "nodelay", "cork")
@@ -512,7 +512,8 @@ def _tables(
         rows = [co for co in coalesced if co.reader == reader]
         if not rows:
             continue
-        t = report.table(
+        t = legacy_table(
+            report,
             f"Coalescing: {p.writes} writes of {p.size} B per mode, {title}",
             columns,
             ["", "", "", "B", "", "B", "segments", "", "B"],
@@ -541,7 +542,8 @@ def _tables(
             )
 
     if attributions:
-        a = report.table(
+        a = legacy_table(
+            report,
             "Why writes were not sent at once (separate pass, receiver idle, "
             "TCP_INFO after each write)",
             [
@@ -569,7 +571,8 @@ def _tables(
     elif coalesced:
         report.notes.append(f"Attribution skipped: {NO_TCP_INFO}.")
 
-    w = report.table(
+    w = legacy_table(
+        report,
         f"Write-write-read: {p.rounds} rounds of two {p.size} B writes, then a {p.size} B reply",
         [
             "mode",

@@ -49,7 +49,7 @@ from sockprobe import kernel
 from sockprobe.kernel import sendqueue
 from sockprobe.lab import Deadline, Lab
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
 from sockprobe.status import DeadlineExceeded
 
 PLACEMENTS = ("listener", "accepted")
@@ -435,7 +435,8 @@ def _na(v: int | None) -> Cell:
 
 
 def _tables(report: Report, p: Params, results: list[Scenario]) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         f"Timeline: {p.size:,} B offered, receiver not reading "
         f"(one row per call; a run of EAGAINs is one row)",
         [
@@ -479,7 +480,8 @@ def _tables(report: Report, p: Params, results: list[Scenario]) -> None:
                 c.outcome,
                 c.retries,
             )
-    b = report.table(
+    b = legacy_table(
+        report,
         "Buffers: requested, and what getsockopt() read back",
         [
             "SO_RCVBUF set on",
@@ -494,7 +496,8 @@ def _tables(report: Report, p: Params, results: list[Scenario]) -> None:
         first = next((sc for sc in results if sc.placement == pl), None)
         if first is not None:
             b.add(pl, p.sndbuf, first.sndbuf, p.rcvbuf, first.rcvbuf)
-    s = report.table(
+    s = legacy_table(
+        report,
         "Per scenario: what the API said, what the kernel held, what was drained",
         [
             "SO_RCVBUF set on",

@@ -42,7 +42,7 @@ from sockprobe import kernel
 from sockprobe.kernel import reuse, sockdiag, sockstate
 from sockprobe.lab import Deadline, Host, Lab
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
 from sockprobe.status import DeadlineExceeded, oserror_name
 
 #: progress(seconds_left, seconds_waited, done), called while `wait` waits TIME_WAIT out:
@@ -875,7 +875,8 @@ def run(params: Params) -> Report:
     _tw_table(report, tw, reuse_value, delay_ms, host, timestamps)
     _group_table(report, group, group_na, migrate, params.clients)
     if waited is not None:
-        w = report.table(
+        w = legacy_table(
+            report,
             "Waiting TIME_WAIT out (--wait), then a plain bind",
             ["row", "TIME_WAIT left at start", "waited", "TIME_WAIT left after", "plain bind"],
             ["", "s", "s", "", ""],
@@ -903,7 +904,8 @@ def _yn(v: bool) -> str:
 
 
 def _matrix_table(report: Report, host: Host, outcomes: list[Outcome]) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         f"Restart matrix: a new socket binds the old listener's port again ({host.address})",
         [
             "#",
@@ -941,7 +943,8 @@ def _matrix_table(report: Report, host: Host, outcomes: list[Outcome]) -> None:
 
 
 def _v6_table(report: Report, rows: list[V6Row], bindv6only: int | None) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         "IPV6_V6ONLY: a [::] socket on a fresh port, then bind 0.0.0.0 to the same port",
         [
             "[::] socket",
@@ -965,7 +968,8 @@ def _v6_table(report: Report, rows: list[V6Row], bindv6only: int | None) -> None
 
 
 def _timer_table(report: Report, rows: list[TimerRow], fin_timeout: int | None) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         "Timers: orphaned FIN_WAIT2 vs TIME_WAIT, just after entering the state",
         ["server end", "state", "timer left (/proc)", "timer left (sock_diag)", "tcp_fin_timeout"],
         ["", "", "s", "s", "s"],
@@ -986,7 +990,8 @@ def _tw_table(
     host: Host,
     timestamps: int | None,
 ) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         "tcp_tw_reuse: connect() whose only allowed local port is held by a client TIME_WAIT",
         ["attempt", "after TIME_WAIT began", "tcp_tw_reuse", "result", "got that port", "why"],
         ["", "s", "", "", "", ""],
@@ -1009,7 +1014,8 @@ def _tw_table(
 def _group_table(
     report: Report, rows: list[GroupRow], na: NA | None, migrate: int | None, clients: int
 ) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         f"SO_REUSEPORT restart: two listeners on one port, {clients} clients queued on each, "
         "one listener closed",
         [

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from sockprobe import kernel
 from sockprobe.lab import Lab
 from sockprobe.probes import ProbeParams, Stopwatch
-from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
 
 MISSING = "not in /proc/sys here (absent on this kernel or in this network namespace)"
 NOT_LINUX = "no /proc/sys on this platform"
@@ -557,7 +557,8 @@ def run(params: Params) -> Report:
     values = read_settings()
     report = Report("kernel", params=params_dict(params), environment=environment(values))
     raw: dict[str, str | None] = {n: kernel.sysctl(n) for n in NAMES}
-    t = report.table(
+    t = legacy_table(
+        report,
         "Kernel settings (this network namespace, from /proc/sys)",
         ["setting", "value", "unit", "what it changes", "here", "shown by"],
     )
@@ -578,14 +579,16 @@ def run(params: Params) -> Report:
             if kernel.IS_LINUX:
                 timers = _timer_checks(lab, raw)
             report.endpoints = lab.endpoints
-        m = report.table(
+        m = legacy_table(
+            report,
             "What a new socket gets (measured now)",
             ["check", "measured", "expected from the settings", "agrees"],
         )
         for ch in new_checks:
             m.add(ch.what, ch.measured, ch.expected, ch.agrees)
         if timers:
-            tt = report.table(
+            tt = legacy_table(
+                report,
                 "Timers of a loopback connection (measured now)",
                 ["check", "measured", "expected", "unit", "agrees"],
                 volatile=["measured"],

@@ -43,7 +43,7 @@ from sockprobe.kernel import sockstate
 from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, require
 from sockprobe.probes._outcome import Attempt, attempt, errno_name, result_errno, result_text
-from sockprobe.report import Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, Cell, Report, environment, params_dict
 from sockprobe.status import DeadlineExceeded
 
 #: Operation id -> (label, the calls tried).
@@ -724,7 +724,8 @@ def _timeout_cell(mode: str, t: float) -> Cell:
 
 
 def _tables(report: Report, p: Params, results: list[CaseResult], facts: list[Fact]) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         f"Operation x mode (T = {p.op_timeout:g} s; blocked calls woken after "
         f"{p.wake_after:.2f} s)",
         ["operation", "call", "mode", "timeout", "blocked", "result", "errno", "elapsed", "then"],
@@ -746,7 +747,8 @@ def _tables(report: Report, p: Params, results: list[CaseResult], facts: list[Fa
             round(a.elapsed_s * 1000, 3),
             r.then,
         )
-    f = report.table(
+    f = legacy_table(
+        report,
         "Python-level and thread facts",
         ["check", "result", "elapsed"],
         ["", "", "ms"],

@@ -35,7 +35,7 @@ from sockprobe import kernel
 from sockprobe.kernel import udp
 from sockprobe.lab import Deadline, Host, Lab, fmt_addr
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
 from sockprobe.status import DeadlineExceeded, oserror_name, oserror_text
 
 DEFAULT_SIZES = (64, 512, 1024, 1472, 1500, 8192, 65507)
@@ -460,7 +460,8 @@ def _tables(
     ov: Overflow,
     icmp: list[IcmpRow],
 ) -> None:
-    t = report.table(
+    t = legacy_table(
+        report,
         f"Truncation: one datagram per size, read into a {p.bufsize:,} B buffer",
         [
             "sent",
@@ -488,7 +489,8 @@ def _tables(
         )
         t.add(r.size, p.bufsize, "ok", r.received, trunc, true, lost, r.head_intact)
 
-    lt = report.table(
+    lt = legacy_table(
+        report,
         "The largest datagram (found by bisection over send() sizes)",
         ["family", "address", "largest send()", "read back", "one byte more", "header arithmetic"],
         ["", "", "B", "B", "", "B"],
@@ -507,7 +509,8 @@ def _tables(
             lr.arithmetic,
         )
 
-    bt = report.table(
+    bt = legacy_table(
+        report,
         f"Boundaries: {len(BOUNDARY_SIZES)} datagrams sent back to back, then recv(65536) each",
         ["read", "sent", "returned", "content intact"],
         ["", "B", "B", ""],
@@ -516,7 +519,8 @@ def _tables(
         bt.add(i + 1, sent, got, ok)
     bt.add(len(BOUNDARY_SIZES) + 1, None, bounds.after, None)
 
-    ot = report.table(
+    ot = legacy_table(
+        report,
         f"Receive-queue overflow: {p.burst:,} datagrams of {p.burst_size:,} B, "
         "receiver not reading",
         [
@@ -552,7 +556,8 @@ def _tables(
         ov.send_errors,
     )
 
-    it = report.table(
+    it = legacy_table(
+        report,
         "Sending to a closed port (ICMP port unreachable), then one recv()",
         ["socket", "send()", "next recv()", "after", f"{group} NoPorts Δ (host-wide)"],
         ["", "", "", "ms", ""],
