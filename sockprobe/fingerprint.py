@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sockprobe.probes import PROBES, load
-from sockprobe.report import SCHEMA_VERSION, VOLATILE, Report, col, environment
+from sockprobe.report import EXACT, SCHEMA_VERSION, VOLATILE, Report, col, environment
 from sockprobe.status import ExitStatus, classify
 
 FINGERPRINT_KIND = "sockprobe-fingerprint"
@@ -31,6 +31,18 @@ class Outcome:
     status: ExitStatus
     error: str = ""
     duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The probe's report, or its failure: what `all --format jsonl` streams."""
+        if self.report is not None:
+            return self.report.to_dict()
+        return {
+            "schema": SCHEMA_VERSION,
+            "probe": self.name,
+            "error": self.error,
+            "status": int(self.status),
+            "duration_s": round(self.duration_s, 3),
+        }
 
 
 @dataclass
@@ -55,20 +67,23 @@ class Fingerprint:
             [
                 col("probe"),
                 col("status"),
-                col("headline", kind=VOLATILE),
-                col("duration_s", "duration", "s", VOLATILE),
+                col("exit", "exit", "", EXACT),
+                col("duration_s", "time", "s", VOLATILE),
+                col("answer", kind=VOLATILE),
             ],
         )
         for o in self.outcomes:
             if o.report is not None:
-                t.add(o.name, "ok", o.report.summary, round(o.duration_s, 3))
+                t.add(o.name, "ok", 0, round(o.duration_s, 2), o.report.summary)
             else:
-                t.add(
-                    o.name, f"could not run (exit {int(o.status)})", o.error, round(o.duration_s, 3)
-                )
+                t.add(o.name, "could not run", int(o.status), round(o.duration_s, 2), o.error)
         ran = len(self.outcomes) - len(self.failed)
         rep.summary = f"{ran} of {len(self.outcomes)} probes ran in {self.duration_s:.1f} s"
         rep.findings = [f"{o.name} could not run: {o.error}" for o in self.failed]
+        rep.findings.append(
+            "Each probe's tables: sockprobe PROBE (with --explain for how it works); every "
+            "table of every probe: sockprobe all --full; the fingerprint: sockprobe all --json."
+        )
         rep.environment = environment()
         rep.duration_s = self.duration_s
         return rep
@@ -103,6 +118,7 @@ def run_all(
     deadline: float = 30.0,
     only: list[str] | None = None,
     progress: Progress | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> Fingerprint:
     """Run each registered probe (or those named in `only`) with its defaults.
 
@@ -125,5 +141,7 @@ def run_all(
         except Exception as exc:  # one probe's failure is its row; the others still run
             status, message = classify(exc)
             fp.outcomes.append(Outcome(spec.name, None, status, message, time.monotonic() - start))
+        if on_outcome is not None:
+            on_outcome(fp.outcomes[-1])
     fp.duration_s = time.monotonic() - t0
     return fp
