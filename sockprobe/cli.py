@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import importlib
 import os
+import re
 import signal
 import sys
 import traceback
@@ -664,6 +665,8 @@ def main(
     debug = "--debug" in args
 
     def say(message: str) -> None:
+        # One line, and a readable one: a 5,000-digit argument is shown by its start.
+        message = re.sub(r"\S{60,}", lambda m: m.group(0)[:40] + "...", message.replace("\n", " "))
         if io.err is not None:
             try:
                 io.err.write(f"{PROG}: {message}\n")
