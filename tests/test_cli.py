@@ -125,7 +125,7 @@ def test_piped_output_keeps_each_row_on_one_line():
 
 
 def test_answer_first_headline_and_findings_before_tables():
-    code, out, _ = run(*QUICK)
+    _code, out, _ = run(*QUICK)
     lines = out.splitlines()
     assert lines[0].startswith("sockprobe nagle: ")
     assert lines.index("Findings") < min(i for i, x in enumerate(lines) if x.startswith("---"))
@@ -228,7 +228,7 @@ def test_diff_refuses_a_fifo_without_blocking(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     t0 = time.monotonic()
-    code, out, err = run("diff", str(fifo), str(fifo))
+    code, _out, err = run("diff", str(fifo), str(fifo))
     assert code == 2 and time.monotonic() - t0 < 5
     assert len(err.strip().splitlines()) == 1
 
@@ -293,7 +293,7 @@ def test_ascii_stdout_still_gets_the_output():
 
 
 def test_deadline_that_runs_out_exits_4_naming_the_step():
-    code, out, err = run("nagle", "--rounds", "50", "--deadline", "0.05", "--mode", "nagle")
+    code, _out, err = run("nagle", "--rounds", "50", "--deadline", "0.05", "--mode", "nagle")
     assert code == 4, err
     assert "--deadline" in err and len(err.strip().splitlines()) == 1
 
