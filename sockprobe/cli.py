@@ -521,8 +521,10 @@ def _run_all(ns: argparse.Namespace, io: Output) -> int:
         io.write(json.dumps(fp.to_dict(), indent=2) + "\n")
     else:
         head = fp.summary_report()
-        reports = [head] if ns.summary else [head, *fp.reports]
-        io.write(_render(reports, ns, io, brief=not (ns.full or ns.summary), first_full=True))
+        # The one-screen answer by default: the summary, whose answer column is each
+        # probe's headline; --full adds every probe's findings and tables.
+        reports = [head, *fp.reports] if ns.full else [head]
+        io.write(_render(reports, ns, io))
     return int(ExitStatus.FAILURE) if fp.failed else 0
 
 
