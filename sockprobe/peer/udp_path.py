@@ -158,11 +158,6 @@ def run(peer: Peer, lab: Lab, report: Report) -> None:
     c.add(frag)
     want_big = [o for o in outcomes if o[0] == "want" and o[1] > fits]
     do_big = [o for o in outcomes if o[0] == "do" and o[1] > fits]
-    whole = sum(
-        1
-        for r in t.rows
-        if r["pmtudisc"] == "IP_PMTUDISC_WANT" and r["size"] > fits and r["delivered"] is True
-    )
     refused = sorted({o[2] for o in do_big if o[2] != "sent"})
     report.findings.append(
         f"The path MTU read with IP_MTU is {mtu} B, so one packet carries at most {fits} B "
