@@ -355,6 +355,9 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
         description=cmd.question,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations: a script's `--back` must not change meaning when an option
+        # that shares the prefix is added.
+        allow_abbrev=False,
     )
     params_cls: type | None = None
     names: list[str] = []
