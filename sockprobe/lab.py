@@ -13,6 +13,7 @@ alternative: Python delivers signals only to the main thread.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import subprocess
@@ -303,3 +304,46 @@ class Lab:
                 if pipe is not None:
                     pipe.close()
         self.processes.clear()
+
+
+#: errnos that mean "this machine cannot make loopback connections now", not "the
+#: experiment found something": no route (lo down), no such local address, no
+#: descriptors, no free ephemeral port.
+CANNOT_CONNECT = frozenset(
+    {
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.EADDRNOTAVAIL,
+        errno.ENETDOWN,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ECONNREFUSED,
+    }
+)
+
+
+def pair_or_unsupported(
+    lab: Lab,
+    doing: str,
+    configure_client: Callable[[socket.socket], None] | None = None,
+    configure_listener: Callable[[socket.socket], None] | None = None,
+    name: str = "",
+) -> tuple[socket.socket, socket.socket]:
+    """`lab.tcp_pair(...)`, but a connection that cannot be made here (CANNOT_CONNECT,
+    or a connect timeout: lo down drops the SYN) raises Unsupported naming the errno and
+    what the probe was doing, so that no experiment reports a result it never measured."""
+    from sockprobe.status import Unsupported, oserror_text
+
+    try:
+        return lab.tcp_pair(configure_client, configure_listener, name=name)
+    except TimeoutError:
+        lab.deadline.check(doing)
+        raise Unsupported(
+            f"cannot connect on {lab.host.address} ({doing}): the connect timed out"
+        ) from None
+    except OSError as exc:
+        if exc.errno in CANNOT_CONNECT:
+            raise Unsupported(
+                f"cannot connect on {lab.host.address} ({doing}): {oserror_text(exc)}"
+            ) from None
+        raise
