@@ -38,12 +38,14 @@ class Params(ProbeParams):
         MODES,
         "Modes: nagle, nodelay, cork, cork-held (default: the first three).",
         flag="--mode",
+        metavar="MODE",
         choices=ALL_MODES,
     )
     fixes: tuple[str, ...] = option(
         FIXES,
         "Write-write-read fixes to measure (default: all; `none` for none).",
         flag="--fix",
+        metavar="FIX",
         choices=(*FIXES, "none"),
     )
     reader: str = option(

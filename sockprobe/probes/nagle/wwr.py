@@ -202,7 +202,7 @@ def table(report: Report, p: Params, rows: list[Wwr]) -> None:
         [col("mode"), col("round"), col("rtt_ms", "round trip", "ms", VOLATILE)],
         keys=["mode", "round"],
     )
-    hist = Histogram("wwr_rtt", "Write-write-read round trips per mode (log axis)", "ms")
+    hist = Histogram("wwr_rtt", "Write-write-read round trips per mode", "ms")
     for r in rows:
         for i, rtt in enumerate(r.rtts_ms, 1):
             rounds.add(r.mode, i, round(rtt, 4))
