@@ -120,9 +120,9 @@ def _compose(
         report.notes.append(f"Attribution skipped: {w.NO_TCP_INFO}.")
     budget = None if qs is None else qs.immediate
     report.findings.extend(attribution.findings(p, attributions, budget))
-    wwr.table(report, p, rows)
     if qs is not None:
         quickack_start.table(report, qs)
+    wwr.table(report, p, rows)
     by_mode = {r.mode: r for r in rows}
     if "nagle" in by_mode and "nodelay" in by_mode:
         report.findings.append(wwr.nagle_vs_nodelay(by_mode["nagle"], by_mode["nodelay"], p.rounds))
