@@ -305,3 +305,9 @@ def test_deadline_bounds_the_probe():
     with pytest.raises(DeadlineExceeded):
         nagle.run(nagle.Params(modes=("cork-held",), rounds=200, reader="idle", deadline=0.5))
     assert time.monotonic() - t0 < 2.0
+
+
+def test_cli_with_lo_down_exits_3_with_one_line(netns):
+    code, doc, err = netns.sockprobe_json("nagle", "--rounds", "2", lo_up=False)
+    assert code == 3 and doc is None, err
+    assert len(err.strip().splitlines()) == 1 and "cannot connect" in err

@@ -319,3 +319,9 @@ def test_bad_autotune_params_are_usage_errors():
     for kwargs in (dict(autotune_bytes=10), dict(autotune_rcvbuf=0)):
         with pytest.raises(UsageError):
             partial_send.Params(**kwargs)
+
+
+def test_cli_with_lo_down_exits_3_with_one_line(netns):
+    code, doc, err = netns.sockprobe_json("partial-send", lo_up=False)
+    assert code == 3 and doc is None, err
+    assert len(err.strip().splitlines()) == 1 and "cannot connect" in err
