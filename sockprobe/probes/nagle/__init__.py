@@ -133,7 +133,13 @@ def _compose(
         n = by_mode.get("nagle")
         if n is not None and n.stalled and n.fast_first < qs.immediate:
             text += (
-                f" In write-write-read only {n.fast_first} Nagle round(s) were fast: the "
+                " In write-write-read only "
+                + (
+                    "the first Nagle round was"
+                    if n.fast_first == 1
+                    else f"{n.fast_first} Nagle rounds were"
+                )
+                + " fast: the "
                 "server's reply made the connection interactive (pingpong: tcp_output.c "
                 "tcp_event_data_sent), and an interactive receiver delays ACKs with quick-ACK "
                 "budget left (tcp_input.c tcp_in_quickack_mode)."

@@ -21,6 +21,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+from sockprobe.probes import plural
 from sockprobe.probes.nagle import _wire as w
 from sockprobe.probes.nagle.params import MSG_MORE, TCP_QUICKACK
 
@@ -109,8 +110,8 @@ def findings(by_mode: dict[str, Wwr]) -> list[str]:
         )
         if once.stalled and not rearmed.stalled:
             text += (
-                f". Set once it helped {once.fast_first} round(s) and no more: the option is "
-                "not sticky, the server's replies put the connection back in delayed-ACK "
+                f". Set once it helped {plural(once.fast_first, 'round')} and no more: the "
+                "option is not sticky, the server's replies put the connection back in delayed-ACK "
                 "(pingpong) mode"
             )
         elif not once.stalled:
