@@ -80,7 +80,9 @@ def test_quickack_is_not_sticky(report):
     assert once["stalled"] >= 12 - 2  # the first round or two can be fast
     assert once["median_ms"] >= 20.0
     assert rearmed["median_ms"] < 5.0
-    assert rearmed["stalled"] <= 1  # one scheduling hiccup at most, never a pattern
+    # A delayed-ACK stall hits every round after the first; re-armed, it is gone: at most
+    # a quarter of the rounds may be slow for other reasons (a loaded host's scheduler).
+    assert rearmed["stalled"] <= 12 // 4
     text = next(f for f in report.findings if f.startswith("TCP_QUICKACK on the server"))
     assert f"{once['stalled']} of 12 rounds stalled" in text
     assert "not sticky" in text

@@ -12,7 +12,11 @@ reply is None, never 0:
   which tcp_rcv_space_adjust() (tcp_input.c) grows and from which it raises sk_rcvbuf
   while autotuning is on;
 - `tcpi_snd_wnd` (228, Linux 5.19+): the window the peer last advertised, after scaling;
-- `tcpi_rcv_wnd` (232, Linux 6.7+): the window this end currently advertises.
+- `tcpi_rcv_wnd` (232, Linux 6.7+): the window this end currently advertises;
+- `tcpi_last_data_sent` (44) and `tcpi_last_ack_recv` (56): milliseconds since this end
+  last sent data and last received an ACK (tcp_get_info, from jiffies stamps), so their
+  difference, read once the ACK is in, is how long the peer took to acknowledge, timed by
+  the kernel and not by a polling thread that a loaded host may wake late.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ _U32 = struct.Struct("=I")
 RCV_SPACE = 96
 SND_WND = 228
 RCV_WND = 232
+LAST_DATA_SENT = 44
+LAST_ACK_RECV = 56
 
 
 @dataclass(frozen=True)
@@ -60,3 +66,19 @@ def window(sock: socket.socket) -> Window | None:
         snd_wnd=u32(SND_WND),
         rcv_wnd=u32(RCV_WND),
     )
+
+
+def ack_delay_ms(sock: socket.socket) -> int | None:
+    """tcpi_last_data_sent - tcpi_last_ack_recv, in ms (jiffies resolution): after the
+    ACK of the last data segment came in, how long after that segment it came."""
+    if not IS_LINUX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 256)
+    except OSError:
+        return None
+    if len(raw) < LAST_ACK_RECV + 4:
+        return None
+    sent = int(_U32.unpack_from(raw, LAST_DATA_SENT)[0])
+    acked = int(_U32.unpack_from(raw, LAST_ACK_RECV)[0])
+    return sent - acked

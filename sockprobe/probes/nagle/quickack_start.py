@@ -11,7 +11,11 @@ uses one. A receiver that replies with data within its ACK timeout becomes inter
 the first write-write-read round of a Nagle connection is fast.
 
 The experiment: a TCP_NODELAY client sends one byte at a time to a receiver that never
-reads and never replies, and waits for each byte's ACK (tcpi_unacked back to 0).
+reads and never replies, and waits for each byte's ACK (tcpi_unacked back to 0). Each
+ACK's delay is timed by the kernel (tcpi_last_data_sent - tcpi_last_ack_recv, jiffies
+resolution: 0 for an immediate ACK, about 40 ms for a delayed one), so a loaded host that
+wakes the polling thread late cannot turn a quick ACK into a slow one; the wall-clock
+wait stands in only where those fields are missing.
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ def measure(lab: Lab, probes: int) -> QuickStart | None:
                 lab.deadline.check("waiting for a quick-ACK probe's ACK")
                 raise RuntimeError(f"quick-ACK probe {i + 1}: no ACK within 1 s")
             time.sleep(0.0002)
-        qs.ack_ms.append((time.perf_counter() - t0) * 1000)
+        kernel_ms = tcpwindow.ack_delay_ms(c)
+        wall_ms = (time.perf_counter() - t0) * 1000
+        qs.ack_ms.append(wall_ms if kernel_ms is None else float(kernel_ms))
     lab.close(c)
     lab.close(s)
     return qs
