@@ -124,7 +124,15 @@ def table(report: Report, qs: QuickStart) -> None:
 
 def finding(qs: QuickStart) -> str:
     n = len(qs.ack_ms)
+    rule = budget(qs.rcv_wnd, qs.rcv_mss) if qs.rcv_wnd is not None and qs.rcv_mss else None
     if qs.immediate == n:
+        if rule is not None and n > rule:
+            return (
+                f"Quick-ACK start: all {n} one-byte segments to a silent receiver were "
+                f"acknowledged at once, more than the kernel's quick-ACK budget of {rule} "
+                f"(min({qs.rcv_wnd:,} / (2 x {qs.rcv_mss}), {TCP_MAX_QUICKACKS})): delayed ACKs "
+                "are off on this path (a route with quickack 1, RTAX_QUICKACK, does that)."
+            )
         return (
             f"Quick-ACK start: all {n} one-byte segments to a silent receiver were "
             "acknowledged at once (the budget outlasted them; more --quickack-probes show "
@@ -135,8 +143,7 @@ def finding(qs: QuickStart) -> str:
         f"{qs.immediate} one-byte segments at once, then delayed the ACK of the next "
         f"({qs.first_delayed_ms or 0:.1f} ms)"
     )
-    if qs.rcv_wnd is not None and qs.rcv_mss:
-        rule = budget(qs.rcv_wnd, qs.rcv_mss)
+    if rule is not None:
         verdict = "as" if rule == qs.immediate else "NOT as"
         text += (
             f", {verdict} the kernel's rule predicts: min({qs.rcv_wnd:,} / (2 x "

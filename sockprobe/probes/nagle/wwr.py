@@ -225,10 +225,17 @@ def nagle_vs_nodelay(n: Wwr, d: Wwr, rounds: int) -> str:
         ratio = n.median / d.median
         text += f" ({ratio:,.0f}x slower)" if ratio >= 10 else f" ({ratio:.1f}x slower)"
     if not n.stalled:
+        if len(n.rtts_ms) == 1:
+            return text + (
+                f"; the one Nagle round took under {w.STALL_MS:g} ms: a connection's first "
+                "request is acknowledged at once (its quick-ACK start, see quickack_start); "
+                "more --rounds show the stall."
+            )
         return text + (
-            f"; no Nagle round took >= {w.STALL_MS:g} ms in {rounds} round(s) (each was "
-            "acknowledged at once: a new connection starts with a quick-ACK budget, see "
-            "quickack_start; more --rounds show the stall)."
+            f"; no Nagle round took >= {w.STALL_MS:g} ms in {len(n.rtts_ms)}: the server "
+            "acknowledged every first piece at once, so delayed ACKs are off on this path "
+            "(a route with quickack 1, RTAX_QUICKACK, does that: tcp_input.c "
+            "tcp_in_quickack_mode), and Nagle had nothing to wait for."
         )
     text += f"; {n.stalled} of {len(n.rtts_ms)} Nagle rounds took >= {w.STALL_MS:g} ms"
     per = n.per_request
