@@ -345,3 +345,30 @@ def test_a_quickack_route_removes_the_stall_and_the_sentences_say_why(netns):
     assert "quick-ACK start" not in wwr_text
     qs_text = next(f for f in doc["findings"] if f.startswith("Quick-ACK start"))
     assert f"more than the kernel's quick-ACK budget of {qs['budget']}" in qs_text
+
+
+def test_leaves_no_time_wait_behind(netns):
+    """Issue 13: connections whose experiment is over are closed abortively
+    (SO_LINGER {1, 0}), so the probe leaves no TIME_WAIT in the kernel."""
+    code = (
+        "from pathlib import Path\n"
+        "from sockprobe.probes import nagle\n"
+        "nagle.run(nagle.Params())\n"
+        "rows = Path('/proc/net/tcp').read_text().splitlines()[1:]\n"
+        "print(sum(1 for r in rows if r.split()[3] == '06'))\n"
+    )
+    proc = netns.in_netns(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("probe", ["nagle", "partial-send"])
+def test_exhausted_port_range_exits_3_naming_the_range(netns, probe):
+    """Issue 13: the probes' own connections exhaust a 4-port range mid-run; the cause is
+    the host's, named with the range, exit 3, not a usage error."""
+    code, doc, err = netns.sockprobe_json(
+        probe, sysctls={"net.ipv4.ip_local_port_range": "40000 40003"}
+    )
+    assert code == 3 and doc is None, err
+    assert len(err.strip().splitlines()) == 1
+    assert "ip_local_port_range 40000-40003 (4 ports)" in err or "EADDRNOTAVAIL" in err

@@ -325,3 +325,18 @@ def test_cli_with_lo_down_exits_3_with_one_line(netns):
     code, doc, err = netns.sockprobe_json("partial-send", lo_up=False)
     assert code == 3 and doc is None, err
     assert len(err.strip().splitlines()) == 1 and "cannot connect" in err
+
+
+def test_leaves_no_time_wait_behind(netns):
+    """Issue 13: connections whose experiment is over are closed abortively
+    (SO_LINGER {1, 0}), so the probe leaves no TIME_WAIT in the kernel."""
+    code = (
+        "from pathlib import Path\n"
+        "from sockprobe.probes import partial_send\n"
+        "partial_send.run(partial_send.Params())\n"
+        "rows = Path('/proc/net/tcp').read_text().splitlines()[1:]\n"
+        "print(sum(1 for r in rows if r.split()[3] == '06'))\n"
+    )
+    proc = netns.in_netns(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0"

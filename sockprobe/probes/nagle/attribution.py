@@ -91,8 +91,7 @@ def measure(lab: Lab, mode: str, p: Params) -> Attribution | None:
         c.sendall(payload)
         info = kernel.tcp_info(c)
         if info is None:
-            lab.close(c)
-            lab.close(s)
+            lab.close_abortively(c, s)
             return None
         att.causes[classify(mode, info)] += 1
         if info.unacked > att.max_unacked:
@@ -105,8 +104,7 @@ def measure(lab: Lab, mode: str, p: Params) -> Attribution | None:
     att.segments, _ = w.delta(before, after)
     att.autocork_delta = None if ac0 is None or ac1 is None else ac1 - ac0
     w.recv_exact(s, p.writes * p.size, lab.deadline, "draining the attribution pass")
-    lab.close(c)
-    lab.close(s)
+    lab.close_abortively(c, s)
     return att
 
 

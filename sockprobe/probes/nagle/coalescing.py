@@ -155,8 +155,7 @@ def measure(lab: Lab, mode: str, reader: str, p: Params) -> Coalesce:
     else:
         sizes = w.recv_exact(s, total, lab.deadline, "reading after the writer finished")
     segs, retrans = w.delta(before, after)
-    lab.close(c)
-    lab.close(s)
+    lab.close_abortively(c, s)
     return Coalesce(mode, reader, segs, retrans, sizes, total)
 
 

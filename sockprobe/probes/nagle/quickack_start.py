@@ -66,8 +66,7 @@ def measure(lab: Lab, probes: int) -> QuickStart | None:
     info = kernel.tcp_info(s)
     win = tcpwindow.window(s)
     if info is None or kernel.tcp_info(c) is None:
-        lab.close(c)
-        lab.close(s)
+        lab.close_abortively(c, s)
         return None
     qs = QuickStart([], None if win is None else win.rcv_wnd, info.rcv_mss)
     for i in range(probes):
@@ -86,8 +85,7 @@ def measure(lab: Lab, probes: int) -> QuickStart | None:
         kernel_ms = tcpwindow.ack_delay_ms(c)
         wall_ms = (time.perf_counter() - t0) * 1000
         qs.ack_ms.append(wall_ms if kernel_ms is None else float(kernel_ms))
-    lab.close(c)
-    lab.close(s)
+    lab.close_abortively(c, s)
     return qs
 
 

@@ -112,8 +112,7 @@ def measure(lab: Lab, mode: str, p: Params) -> Wwr:
             rtos.append(info.rto_us / 1000)
     after = w.sent(c)
     ato_ms, srtt_ms = w.result(server, lab.deadline, "serving write-write-read")
-    lab.close(c)
-    lab.close(s)
+    lab.close_abortively(c, s)
     segs, retrans = w.delta(before, after)
     rto = statistics.median(rtos) if rtos else None
     return Wwr(mode, rtts, segs, retrans, ato_ms, srtt_ms, rto)

@@ -114,8 +114,7 @@ def transfer(lab: Lab, setting: str, p: Params) -> Transfer:
     w1 = tcpwindow.window(s)
     if w1 is not None:
         tr.rcv_space_end = w1.rcv_space
-    lab.close(c)
-    lab.close(s)
+    lab.close_abortively(c, s)
     return tr
 
 

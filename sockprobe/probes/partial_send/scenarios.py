@@ -332,8 +332,7 @@ def drain(lab: Lab, sc: Scenario, pair: Pair, data: bytes) -> None:
     # timer (or once the window reopens), often after the sender stopped offering bytes.
     info = kernel.tcp_info(pair.sender)
     sc.retrans = None if info is None else info.total_retrans
-    lab.close(pair.sender)
-    lab.close(pair.receiver)
+    lab.close_abortively(pair.sender, pair.receiver)
 
 
 def scenario(lab: Lab, placement: str, mode: str, p: Params, data: bytes) -> Scenario:
