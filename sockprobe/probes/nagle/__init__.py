@@ -161,10 +161,13 @@ def _headline(p: Params, by_mode: dict[str, wwr.Wwr], coalesced: list[coalescing
                 for i, c in enumerate(idle)
             )
         )
-    parts.append(
-        "write-write-read median "
-        + ", ".join(f"{m} {w.ms(r.median)} ms" for m, r in by_mode.items())
-    )
+    short = {"nagle": "Nagle", "nodelay": "TCP_NODELAY", "cork": "cork", "cork-held": "cork held"}
+    modes = [f"{short[m]} {w.ms(r.median)} ms" for m, r in by_mode.items() if m in short]
+    if modes:
+        parts.append("write-write-read median: " + ", ".join(modes))
+    fixes_run = [r for m, r in by_mode.items() if m not in short]
+    if fixes_run:
+        parts.append("fixes: " + ", ".join(f"{r.mode} {w.ms(r.median)} ms" for r in fixes_run))
     return "; ".join(parts)
 
 
