@@ -342,12 +342,16 @@ def scenario(lab: Lab, placement: str, mode: str, p: Params, data: bytes) -> Sce
 
 
 # -- the per-scenario table and its findings ---------------------------------------------
-def _na(v: int | None) -> Cell:
+def na_ioctl(v: int | None) -> Cell:
+    """A queue size, or NA where SIOCOUTQ/SIOCINQ do not exist."""
     return NA(NO_IOCTL) if v is None else v
 
 
-def _n(v: int) -> str:
+def thousands(v: int) -> str:
     return f"{v:,}"
+
+
+_na, _n = na_ioctl, thousands
 
 
 def span(values: list[int]) -> str:

@@ -9,21 +9,10 @@ it is context, never compared between runs.
 from __future__ import annotations
 
 from sockprobe.probes.partial_send.params import PLACEMENTS, Params
-from sockprobe.probes.partial_send.scenarios import (
-    NO_COUNT,
-    NO_IOCTL,
-    PLACEMENT_TEXT,
-    Scenario,
-)
-from sockprobe.report import CONTEXT, NA, VOLATILE, Bars, Cell, Report, col
-
-
-def _na(v: int | None) -> Cell:
-    return NA(NO_IOCTL) if v is None else v
-
-
-def _n(v: int) -> str:
-    return f"{v:,}"
+from sockprobe.probes.partial_send.scenarios import NO_COUNT, PLACEMENT_TEXT, Scenario
+from sockprobe.probes.partial_send.scenarios import na_ioctl as _na
+from sockprobe.probes.partial_send.scenarios import thousands as _n
+from sockprobe.report import CONTEXT, NA, VOLATILE, Bars, Report, col
 
 
 def _kib(v: int) -> str:
