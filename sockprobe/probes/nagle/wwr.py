@@ -200,6 +200,7 @@ def table(report: Report, p: Params, rows: list[Wwr]) -> None:
         "Write-write-read: every round trip (the histogram's samples)",
         [col("mode"), col("round"), col("rtt_ms", "round trip", "ms", VOLATILE)],
         keys=["mode", "round"],
+        detail=True,
     )
     hist = Histogram("wwr_rtt", "Write-write-read round trips per mode", "ms")
     for r in rows:
