@@ -196,3 +196,10 @@ def test_keepalive_sysctls_give_the_time_the_defaults_sentence_computes(netns: A
     assert doc["predicted"] == 2.0
     assert doc["got"] == "TimeoutError 110"
     assert doc["predicted"] <= doc["took"] <= doc["predicted"] + LATE_S
+
+
+def test_a_deadline_shorter_than_the_waits_is_refused_before_any_socket() -> None:
+    from sockprobe.status import DeadlineExceeded
+
+    with pytest.raises(DeadlineExceeded, match="too short"):
+        run(Params(deadline=2.0))
