@@ -71,6 +71,11 @@ def run(params: Params) -> Report:
         none.predicted_s = give.abort_ms / 1000
     if uut.first_retrans_s is not None:
         uut.predicted_s = uut.first_retrans_s + params.user_timeout / 1000
+    # Against a zero window the clock starts at the first window probe (icsk_probes_tstamp
+    # in tcp_probe_timer()), the first timer that raised tcpi_backoff.
+    zut = out["zero_window_user_timeout"]
+    if zut.first_backoff_s is not None:
+        zut.predicted_s = zut.first_backoff_s + params.user_timeout / 1000
     idle.report_on(report, out, params)
     unacked.report_on(report, out, [c.id for c in unacked.cases(params, None, retries2)])
     zero_window.report_on(report, out, params)
@@ -194,9 +199,15 @@ def _findings(
             f"{zk}."
         )
     if _ended(zut):
+        since = (
+            f" ({p.user_timeout / 1000:g} s after the first window probe, seen at "
+            f"{_s(zut.first_backoff_s)}: predicted {_s(zut.predicted_s)})"
+            if zut.first_backoff_s is not None and zut.predicted_s is not None
+            else ""
+        )
         f.append(
-            f"{ut} ended the zero-window writer with {zut.result} after {_s(zut.elapsed_s)}, "
-            "although the peer answered every window probe."
+            f"{ut} ended the zero-window writer with {zut.result} after "
+            f"{_s(zut.elapsed_s)}{since}, although the peer answered every window probe."
         )
     syn_retries = kernel.sysctl_int("net.ipv4.tcp_syn_retries")
     linear = kernel.sysctl_int("net.ipv4.tcp_syn_linear_timeouts") or 0

@@ -75,6 +75,9 @@ class Outcome:
     #: Seconds after t0 of the first sample that showed a timer retransmission
     #: (tcpi_retransmits >= 1): at most SAMPLE_S after it left.
     first_retrans_s: float | None = None
+    #: Seconds after t0 of the first sample with tcpi_backoff >= 1 (a timer fired: a
+    #: retransmission or, against a zero window, the first window probe).
+    first_backoff_s: float | None = None
     na: str | None = None
     #: A prediction that needs this run's measurement (the RTO), set after the run;
     #: it replaces the case's own.
@@ -122,6 +125,8 @@ def _run(lab: Lab, case: Case, p: Params, armed: Armed, out: Outcome) -> Outcome
             out.samples.append(t)
             if out.first_retrans_s is None and t.retransmits >= 1:
                 out.first_retrans_s = time.perf_counter() - armed.t0
+            if out.first_backoff_s is None and t.backoff >= 1:
+                out.first_backoff_s = time.perf_counter() - armed.t0
         left = bound_at - time.perf_counter()
         if w.join(max(0.0, min(SAMPLE_S, left))):
             break

@@ -70,7 +70,7 @@ def cases(p: Params) -> list[Case]:
             call,
             lambda lab, q: _writer(lab, q, "user_timeout"),
             p.user_timeout / 1000,
-            "TCP_USER_TIMEOUT (counted from the first window probe)",
+            "TCP_USER_TIMEOUT after the first window probe",
         ),
     ]
 
