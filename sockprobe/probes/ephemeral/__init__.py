@@ -92,10 +92,10 @@ def run(params: Params) -> Report:
         check=lambda: deadline.check("finding the processes that hold the range"),
     )
     exhaust.report_on(report, params.ports, fills)
+    exhaust.findings(report, params.ports, fills)
     time_wait.report_on(report, tw, loopback)
     parity.report_on(report, counts, lo)
     host.report_on(report, usage, params.top)
-    exhaust.findings(report, params.ports, fills)
     _chart(report, fills, usage, params.top)
     _summary(report, params.ports, fills, usage)
     _fixes(report, tw, loopback)
