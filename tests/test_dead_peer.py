@@ -205,3 +205,30 @@ def test_a_deadline_shorter_than_the_waits_is_refused_before_any_socket() -> Non
 
     with pytest.raises(DeadlineExceeded, match="too short"):
         run(Params(deadline=2.0))
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command in the CLI's registry (the lead adds it there; until then, here)."""
+    import sockprobe.probes as probes
+
+    if not any(p.name == "dead-peer" for p in probes.PROBES):
+        spec = probes.ProbeSpec(
+            "dead-peer",
+            "sockprobe.probes.dead_peer",
+            "What notices a peer that vanished without a word, and when?",
+        )
+        monkeypatch.setattr(probes, "PROBES", (*probes.PROBES, spec))
+
+
+@pytest.mark.parametrize(
+    "argv", [["--keepalive", "1,1"], ["--keepalive", "1,x,2"], ["--user-timeout", "0"]]
+)
+def test_cli_bad_options_exit_2_with_one_line(registered: None, argv: list[str]) -> None:
+    import io
+
+    from sockprobe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["dead-peer", *argv], out, err) == 2
+    assert out.getvalue() == "" and err.getvalue().count("\n") == 1

@@ -165,3 +165,40 @@ def test_host_table_in_a_namespace_with_a_small_range(netns: Any) -> None:
     )
     taken = next(r for r in tables["time_wait"]["rows"] if r["attempt"] == "bind_reuseaddr_now")
     assert taken["result"] == "ok"
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command in the CLI's registry (the lead adds it there; until then, here)."""
+    import sockprobe.probes as probes
+
+    if not any(p.name == "ephemeral" for p in probes.PROBES):
+        spec = probes.ProbeSpec(
+            "ephemeral",
+            "sockprobe.probes.ephemeral",
+            "When does connect() run out of local ports, and how close is this host?",
+        )
+        monkeypatch.setattr(probes, "PROBES", (*probes.PROBES, spec))
+
+
+def test_cli_json_and_usage_errors(registered: None) -> None:
+    import io
+
+    from sockprobe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["ephemeral", "--ports", "2", "--samples", "4", "--json"], out, err) == 0
+    doc = json.loads(out.getvalue())
+    assert doc["schema"] == 2 and doc["probe"] == "ephemeral"
+    ids = [t["id"] for t in doc["tables"]]
+    assert ids == [
+        "exhaustion",
+        "time_wait",
+        "parity",
+        "host_range",
+        "host_destinations",
+        "host_processes",
+    ]
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["ephemeral", "--ports", "0"], out, err) == 2
+    assert err.getvalue().count("\n") == 1

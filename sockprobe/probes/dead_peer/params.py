@@ -34,7 +34,8 @@ class Params(ProbeParams):
         super().__post_init__()
         require(
             len(self.keepalive) == 3,
-            f"--keepalive takes IDLE,INTVL,CNT (three numbers), not {self.keepalive}",
+            "--keepalive takes IDLE,INTVL,CNT (three numbers), not "
+            + ",".join(str(v) for v in self.keepalive),
         )
         idle, intvl, cnt = self.keepalive
         require(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from sockprobe.kernel import owners as owners_mod
 from sockprobe.kernel.sockdiag import DiagSocket
 from sockprobe.lab import fmt_addr
+from sockprobe.probes import plural
 from sockprobe.report import CONTEXT, NA, Report, col
 
 ESTABLISHED, TIME_WAIT, LISTEN = 1, 6, 10
@@ -191,8 +192,8 @@ def report_on(report: Report, u: Usage | NA, top: int) -> None:
     f.append(
         f"This host now: {u.ports_in_use} of the {u.size} ports of ip_local_port_range "
         f"{u.lo}-{u.hi} are in use ({u.share_pct(u.ports_in_use):g}%), by "
-        f"{u.client_sockets} client sockets ({u.time_wait} in TIME_WAIT) toward "
-        f"{len(u.dests)} destinations."
+        f"{plural(u.client_sockets, 'client socket')} ({u.time_wait} in TIME_WAIT) toward "
+        f"{plural(len(u.dests), 'destination')}."
     )
     if u.dests:
         d = u.dests[0]
@@ -204,13 +205,13 @@ def report_on(report: Report, u: Usage | NA, top: int) -> None:
         )
     if u.listeners_in_range:
         f.append(
-            f"{u.listeners_in_range} listening ports lie inside the range: connect() can use "
-            "none of them for any destination."
+            f"{plural(u.listeners_in_range, 'listening port')} inside the range: connect() "
+            "can use none of them for any destination."
         )
     if u.holders:
         h = u.holders[0]
         f.append(
             f"The process holding most client ports is {h.name} (pid {h.pid}) with "
-            f"{h.sockets} sockets toward {h.destinations} destinations"
+            f"{plural(h.sockets, 'socket')} toward {plural(h.destinations, 'destination')}"
             + (f"; {u.denied} processes could not be inspected (not root)." if u.denied else ".")
         )
