@@ -205,7 +205,7 @@ COLUMNS: list[Column] = [
     col("call"),
     col("result"),
     col("exception"),
-    col("elapsed_s", "ended after", "s", VOLATILE),
+    col("elapsed_s", "ended or woken after", "s", VOLATILE),
     col("predicted_s", "predicted", "s", VOLATILE),
     col("basis", "predicted from"),
     col("probes", "probes out (max)", "", VOLATILE),
