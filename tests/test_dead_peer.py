@@ -232,3 +232,44 @@ def test_cli_bad_options_exit_2_with_one_line(registered: None, argv: list[str])
     out, err = io.StringIO(), io.StringIO()
     assert main(["dead-peer", *argv], out, err) == 2
     assert out.getvalue() == "" and err.getvalue().count("\n") == 1
+
+
+_REGISTERED_MAIN = textwrap.dedent(
+    """
+    import sys
+    import sockprobe.probes as probes
+    if not any(p.name == "dead-peer" for p in probes.PROBES):
+        spec = probes.ProbeSpec("dead-peer", "sockprobe.probes.dead_peer", "?")
+        probes.PROBES = (*probes.PROBES, spec)
+    from sockprobe.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_ctrl_c_cleans_up_and_exits_130() -> None:
+    """SIGINT while the cases wait: every socket and thread released, exit 130 at once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _REGISTERED_MAIN, "dead-peer"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.2)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert took < 3.0

@@ -202,3 +202,44 @@ def test_cli_json_and_usage_errors(registered: None) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert main(["ephemeral", "--ports", "0"], out, err) == 2
     assert err.getvalue().count("\n") == 1
+
+
+_REGISTERED_MAIN = textwrap.dedent(
+    """
+    import sys
+    import sockprobe.probes as probes
+    if not any(p.name == "ephemeral" for p in probes.PROBES):
+        spec = probes.ProbeSpec("ephemeral", "sockprobe.probes.ephemeral", "?")
+        probes.PROBES = (*probes.PROBES, spec)
+    from sockprobe.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_ctrl_c_cleans_up_and_exits_130() -> None:
+    """SIGINT while the cases wait: every socket and thread released, exit 130 at once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _REGISTERED_MAIN, "ephemeral"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert took < 3.0
