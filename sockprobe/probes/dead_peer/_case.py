@@ -205,12 +205,12 @@ COLUMNS: list[Column] = [
     col("call"),
     col("result"),
     col("exception"),
-    col("elapsed_s", "ended or woken after", "s", VOLATILE),
+    col("elapsed_s", "after", "s", VOLATILE),
     col("predicted_s", "predicted", "s", VOLATILE),
     col("basis", "predicted from"),
-    col("probes", "probes out (max)", "", VOLATILE),
-    col("backoff", "backoff (max)", "", VOLATILE),
-    col("retransmissions", "retransmissions", "", VOLATILE),
+    col("probes", "probes", "", VOLATILE),
+    col("backoff", "backoff", "", VOLATILE),
+    col("retransmissions", "retrans", "", VOLATILE),
     col("rto_ms", "rto", "ms", VOLATILE),
 ]
 

@@ -33,7 +33,7 @@ def cases(p: Params) -> list[Case]:
         Case(
             "connect_user_timeout",
             f"TCP_USER_TIMEOUT {p.user_timeout} ms",
-            "connect() to a listener that drops SYNs",
+            "connect()",
             _connect,
             p.user_timeout / 1000,
             "TCP_USER_TIMEOUT",
@@ -45,6 +45,6 @@ def report_on(report: Report, out: dict[str, Outcome], p: Params) -> None:
     table(
         report,
         "connect",
-        "connect() to an address that answers nothing",
+        "connect() to a listener that drops every SYN",
         [out[c.id] for c in cases(p)],
     )

@@ -19,7 +19,7 @@ from sockprobe.probes.dead_peer._case import Armed, Case, Outcome, deaf_pair, ta
 from sockprobe.probes.dead_peer.params import Params
 from sockprobe.report import Report
 
-NEVER = "no timer runs on an idle connection"
+NEVER = "no timer runs when idle"
 
 
 def _recv(sock: socket.socket) -> Armed:
@@ -57,7 +57,7 @@ def cases(p: Params) -> list[Case]:
             "recv()",
             _keepalive,
             p.keepalive_s,
-            "TCP_KEEPIDLE + TCP_KEEPINTVL x TCP_KEEPCNT",
+            "idle + intvl x cnt",
         ),
         Case(
             "idle_user_timeout",
@@ -65,7 +65,7 @@ def cases(p: Params) -> list[Case]:
             "recv()",
             _user_timeout,
             None,
-            "TCP_USER_TIMEOUT counts only unacknowledged data",
+            "it needs unacknowledged data",
         ),
     ]
 

@@ -42,7 +42,7 @@ def _none(lab: Lab, p: Params) -> Armed:
 
 def cases(p: Params, retries2_s: float | None, retries2: int | None) -> list[Case]:
     basis = (
-        f"tcp_retries2 {retries2} by the kernel's rule (computed)"
+        f"tcp_retries2 {retries2} rule (computed)"
         if retries2 is not None
         else "tcp_retries2 is unreadable here"
     )
@@ -53,7 +53,7 @@ def cases(p: Params, retries2_s: float | None, retries2: int | None) -> list[Cas
             f"send() {len(PAYLOAD)} B, then recv()",
             _user_timeout,
             p.user_timeout / 1000,
-            "TCP_USER_TIMEOUT after the timer's first retransmission",
+            "1st timer retransmission + timeout",
         ),
         Case(
             "unacked_none",

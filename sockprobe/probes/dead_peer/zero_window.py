@@ -46,7 +46,7 @@ def _writer(lab: Lab, p: Params, option: str) -> Armed:
 
 def cases(p: Params) -> list[Case]:
     idle, intvl, cnt = p.keepalive
-    call = f"sendall() {WRITE_BYTES // (1024 * 1024)} MiB, peer not reading"
+    call = f"sendall() {WRITE_BYTES // (1024 * 1024)} MiB"
     return [
         Case(
             "zero_window_none",
@@ -54,7 +54,7 @@ def cases(p: Params) -> list[Case]:
             call,
             lambda lab, q: _writer(lab, q, "none"),
             None,
-            "the peer answers every window probe",
+            "the peer answers window probes",
         ),
         Case(
             "zero_window_keepalive",
@@ -62,7 +62,7 @@ def cases(p: Params) -> list[Case]:
             call,
             lambda lab, q: _writer(lab, q, "keepalive"),
             None,
-            "keepalive stands aside while data waits",
+            "keepalive waits while data is queued",
         ),
         Case(
             "zero_window_user_timeout",
@@ -70,7 +70,7 @@ def cases(p: Params) -> list[Case]:
             call,
             lambda lab, q: _writer(lab, q, "user_timeout"),
             p.user_timeout / 1000,
-            "TCP_USER_TIMEOUT after the first window probe",
+            "1st window probe + timeout",
         ),
     ]
 
