@@ -243,7 +243,7 @@ def _findings(
             f"tcp_keepalive_probes {kp} = {total:g} s ({_minutes(total)})"
             + (
                 f"; unacknowledged data is given up after {_minutes(give.abort_ms / 1000)} "
-                f"(tcp_retries2 {retries2})."
+                f"(tcp_retries2 {retries2}; both computed by the kernel's rules)."
                 if give is not None
                 else "."
             )
