@@ -284,11 +284,12 @@ def _notes(report: Report) -> None:
             "first probe) or the socket is orphaned.",
             "Each case closes its sockets with SO_LINGER {1, 0} (RST): an orderly close would "
             "leave an orphan retransmitting its FIN to the silent peer for minutes.",
-            "macOS: TCP_KEEPALIVE (not TCP_KEEPIDLE) sets the idle time, TCP_KEEPINTVL and "
-            "TCP_KEEPCNT exist since 10.8, TCP_USER_TIMEOUT does not exist (TCP_CONNECTIONTIMEOUT "
-            "and TCP_RXT_CONNDROPTIME are the nearest); SO_ATTACH_FILTER is Linux-only, so "
-            "the silent peer cannot be built there this way. Windows: SIO_KEEPALIVE_VALS or "
-            "TCP_KEEPIDLE/TCP_KEEPINTVL (Windows 10 1709+) and TCP_MAXRT; keepalive probes "
-            "are 10 by default and not settable before 1703 (documented; not measured here).",
+            "macOS (documented, not measured here): TCP_KEEPALIVE, not TCP_KEEPIDLE, sets "
+            "the idle time; TCP_KEEPINTVL and TCP_KEEPCNT exist; there is no TCP_USER_TIMEOUT "
+            "(TCP_CONNECTIONTIMEOUT and TCP_RXT_CONNDROPTIME come nearest); SO_ATTACH_FILTER "
+            "is Linux-only, so the silent peer cannot be built this way there. Windows "
+            "(documented, not measured here): SIO_KEEPALIVE_VALS, or TCP_KEEPIDLE, "
+            "TCP_KEEPINTVL and TCP_KEEPCNT on recent Windows 10 builds, and TCP_MAXRT for "
+            "the retransmission bound.",
         ]
     )
