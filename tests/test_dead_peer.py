@@ -273,3 +273,45 @@ def test_ctrl_c_cleans_up_and_exits_130() -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert took < 3.0
+
+
+_SYN_GIVE_UP = textwrap.dedent(
+    """
+    import json, socket, time
+    from sockprobe import kernel
+    from sockprobe.kernel import deadpeer, retries
+    from sockprobe.lab import Deadline, Lab, resolve_host
+    with Lab(resolve_host("127.0.0.1"), Deadline(20)) as lab:
+        hole = lab.listener(backlog=1)
+        deadpeer.drop_everything(hole)
+        c = lab.open_socket()
+        c.settimeout(10)
+        t0 = time.perf_counter()
+        try:
+            c.connect(hole.getsockname())
+            got = "connected"
+        except OSError as exc:
+            got = type(exc).__name__ + " " + str(exc.errno)
+        took = time.perf_counter() - t0
+    syn = retries.syn_give_up(
+        kernel.sysctl_int("net.ipv4.tcp_syn_retries"),
+        kernel.sysctl_int("net.ipv4.tcp_syn_linear_timeouts") or 0,
+    )
+    print(json.dumps({"got": got, "took": took, "computed": syn.abort_ms / 1000}))
+    """
+)
+
+
+def test_syn_give_up_sentence_matches_connect_in_a_namespace(netns: Any) -> None:
+    """The connect finding quotes syn_give_up() for tcp_syn_retries; with 1 retry and no
+    linear timeouts it computes 3 s (SYN at 0, retry at 1 s, budget (2^2 - 1) x 1 s), and
+    a plain connect() to the silent listener must fail at that time."""
+    proc = netns.in_netns(
+        _SYN_GIVE_UP,
+        sysctls={"net.ipv4.tcp_syn_retries": 1, "net.ipv4.tcp_syn_linear_timeouts": 0},
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["computed"] == 3.0
+    assert doc["got"] == "TimeoutError 110"
+    assert doc["computed"] <= doc["took"] <= doc["computed"] + LATE_S
