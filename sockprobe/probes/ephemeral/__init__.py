@@ -26,7 +26,7 @@ from sockprobe.probes.ephemeral import exhaust, host, parity, time_wait
 from sockprobe.probes.ephemeral._range import Ports
 from sockprobe.probes.ephemeral.params import Params
 from sockprobe.report import NA, Bars, Report, environment, params_dict
-from sockprobe.status import Unsupported, oserror_name
+from sockprobe.status import Unsupported, UsageError, oserror_name
 
 __all__ = ["Params", "run"]
 
@@ -68,9 +68,16 @@ def run(params: Params) -> Report:
     loopback = ipaddress.ip_address(h.address).is_loopback
     with Lab(h, deadline) as lab:
         # The destinations first, so that the snapshot below sees their ports.
-        first = lab.listener(BACKLOG, role="first destination")
-        second = lab.listener(BACKLOG, role="second destination")
-        tw_server = lab.listener(BACKLOG, role="TIME_WAIT server")
+        try:
+            first = lab.listener(BACKLOG, role="first destination")
+            second = lab.listener(BACKLOG, role="second destination")
+            tw_server = lab.listener(BACKLOG, role="TIME_WAIT server")
+        except UsageError as exc:
+            # bind(port 0) failed: the range itself is exhausted, which is the host's
+            # state, not bad input.
+            raise Unsupported(
+                f"no free port in ip_local_port_range {lo}-{hi} for the probe's listeners ({exc})"
+            ) from None
         try:
             snapshot = ephemeral.all_tcp()
         except OSError as exc:
