@@ -207,24 +207,10 @@ def test_a_deadline_shorter_than_the_waits_is_refused_before_any_socket() -> Non
         run(Params(deadline=2.0))
 
 
-@pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The command in the CLI's registry (the lead adds it there; until then, here)."""
-    import sockprobe.probes as probes
-
-    if not any(p.name == "dead-peer" for p in probes.PROBES):
-        spec = probes.ProbeSpec(
-            "dead-peer",
-            "sockprobe.probes.dead_peer",
-            "What notices a peer that vanished without a word, and when?",
-        )
-        monkeypatch.setattr(probes, "PROBES", (*probes.PROBES, spec))
-
-
 @pytest.mark.parametrize(
     "argv", [["--keepalive", "1,1"], ["--keepalive", "1,x,2"], ["--user-timeout", "0"]]
 )
-def test_cli_bad_options_exit_2_with_one_line(registered: None, argv: list[str]) -> None:
+def test_cli_bad_options_exit_2_with_one_line(argv: list[str]) -> None:
     import io
 
     from sockprobe.cli import main
@@ -232,19 +218,6 @@ def test_cli_bad_options_exit_2_with_one_line(registered: None, argv: list[str])
     out, err = io.StringIO(), io.StringIO()
     assert main(["dead-peer", *argv], out, err) == 2
     assert out.getvalue() == "" and err.getvalue().count("\n") == 1
-
-
-_REGISTERED_MAIN = textwrap.dedent(
-    """
-    import sys
-    import sockprobe.probes as probes
-    if not any(p.name == "dead-peer" for p in probes.PROBES):
-        spec = probes.ProbeSpec("dead-peer", "sockprobe.probes.dead_peer", "?")
-        probes.PROBES = (*probes.PROBES, spec)
-    from sockprobe.cli import main
-    sys.exit(main(sys.argv[1:]))
-    """
-)
 
 
 def test_ctrl_c_cleans_up_and_exits_130() -> None:
@@ -255,7 +228,7 @@ def test_ctrl_c_cleans_up_and_exits_130() -> None:
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", _REGISTERED_MAIN, "dead-peer"],
+        [sys.executable, "-m", "sockprobe", "dead-peer"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

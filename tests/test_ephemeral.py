@@ -167,21 +167,7 @@ def test_host_table_in_a_namespace_with_a_small_range(netns: Any) -> None:
     assert taken["result"] == "ok"
 
 
-@pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The command in the CLI's registry (the lead adds it there; until then, here)."""
-    import sockprobe.probes as probes
-
-    if not any(p.name == "ephemeral" for p in probes.PROBES):
-        spec = probes.ProbeSpec(
-            "ephemeral",
-            "sockprobe.probes.ephemeral",
-            "When does connect() run out of local ports, and how close is this host?",
-        )
-        monkeypatch.setattr(probes, "PROBES", (*probes.PROBES, spec))
-
-
-def test_cli_json_and_usage_errors(registered: None) -> None:
+def test_cli_json_and_usage_errors() -> None:
     import io
 
     from sockprobe.cli import main
@@ -204,19 +190,6 @@ def test_cli_json_and_usage_errors(registered: None) -> None:
     assert err.getvalue().count("\n") == 1
 
 
-_REGISTERED_MAIN = textwrap.dedent(
-    """
-    import sys
-    import sockprobe.probes as probes
-    if not any(p.name == "ephemeral" for p in probes.PROBES):
-        spec = probes.ProbeSpec("ephemeral", "sockprobe.probes.ephemeral", "?")
-        probes.PROBES = (*probes.PROBES, spec)
-    from sockprobe.cli import main
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
-
 def test_ctrl_c_cleans_up_and_exits_130() -> None:
     """SIGINT while the cases wait: every socket and thread released, exit 130 at once."""
     import signal
@@ -225,7 +198,7 @@ def test_ctrl_c_cleans_up_and_exits_130() -> None:
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", _REGISTERED_MAIN, "ephemeral"],
+        [sys.executable, "-m", "sockprobe", "ephemeral"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
