@@ -1,0 +1,341 @@
+"""What loopback's 64 KiB MTU hides: fragmentation, IP_PMTUDISC_DO and the path MTU.
+
+The host's `lo` has an MTU of 65,536, larger than any IPv4 datagram (65,535), so on
+loopback nothing is ever fragmented and IP_PMTUDISC_DO never refuses a send. Real paths
+are 1,500 B. This experiment makes one, without touching the host: in a private network
+namespace (sockprobe.kernel.netns, a forked child) whose `lo` gets `--mtu` (1,500),
+UDP datagrams are sent over 127.0.0.1 and the namespace's own IP counters
+(/proc/net/snmp Ip: FragCreates, FragOKs, ReasmOKs) are read before and after each
+case. Nothing else runs in that namespace, so those deltas are exact: every fragment
+counted is ours.
+
+The kernel's rules measured here (net/ipv4/ip_output.c, __ip_append_data()):
+- The largest unfragmented UDP payload is the MTU less the 20-byte IP header and the
+  8-byte UDP header (1,472 B at MTU 1,500).
+- With IP_PMTUDISC_WANT (what a new socket gets: inet_create() picks WANT unless
+  net.ipv4.ip_no_pmtu_disc is set) or DONT, a larger datagram is cut into fragments whose
+  IP payloads are (MTU - 20) rounded down to a multiple of 8 bytes (maxfraglen), sent,
+  and reassembled by the receiving IP layer into one datagram: one send, one read, and
+  FragCreates counts the pieces.
+- With IP_PMTUDISC_DO the bound is the path MTU itself: a larger send() fails with
+  EMSGSIZE at once, nothing is sent.
+- IP_MTU (getsockopt on a connected socket, ip(7)) reads the path MTU the kernel uses.
+- UDP_SEGMENT (udp_send_skb() in net/ipv4/udp.c) cuts one send into datagrams of
+  gso_size bytes, which are not fragments; a gso_size whose datagram would not fit the
+  path MTU is refused (EMSGSIZE since Linux 6.14, EINVAL before: the errno is measured).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sockprobe.kernel import netif, udp
+from sockprobe.kernel.netns import NetnsTimeout, NetnsUnavailable, run_in_new_netns
+from sockprobe.lab import Lab
+from sockprobe.probes import plural
+from sockprobe.probes.udp_truncate.common import n
+from sockprobe.probes.udp_truncate.params import Params
+from sockprobe.report import NA, Cell, Report, col
+from sockprobe.status import oserror_name
+
+# Linux values (include/uapi/linux/in.h, udp.h); Python 3.11 exports none of them.
+IP_MTU_DISCOVER = 10
+IP_MTU = 14
+PMTUDISC = {0: "DONT", 1: "WANT", 2: "DO", 3: "PROBE", 4: "INTERFACE", 5: "OMIT"}
+IP_PMTUDISC_DO = 2
+UDP_SEGMENT = 103
+IP_HEADER = udp.IPV4_HEADER
+UDP_HEADER = udp.UDP_HEADER
+#: How long the child waits for one datagram on its own loopback (delivery is inside
+#: send(); reassembly too).
+ARRIVAL_S = 1.0
+#: The child's own budget; the parent also bounds it by the probe's deadline.
+CHILD_CAP_S = 5.0
+IP_COUNTERS = ("FragCreates", "FragOKs", "ReasmOKs")
+
+
+def payload_limit(mtu: int) -> int:
+    """The largest UDP payload that leaves in one IPv4 packet: MTU - 20 - 8."""
+    return mtu - IP_HEADER - UDP_HEADER
+
+
+def expected_fragments(payload: int, mtu: int) -> int:
+    """Fragments __ip_append_data() makes of one datagram: every fragment but the last
+    carries (MTU - 20) & ~7 bytes of the UDP datagram (header included); 1 if it fits."""
+    datagram = payload + UDP_HEADER
+    if datagram + IP_HEADER <= mtu:
+        return 1
+    per = (mtu - IP_HEADER) & ~7
+    return -(-datagram // per)
+
+
+@dataclass
+class Case:
+    key: str
+    payload: int
+    pmtudisc: str
+    gso_size: int | None = None
+    send_outcome: str = ""
+    reads: int = 0
+    received: int = 0
+    ip_mtu: int | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    mtu: int
+    how: str
+    cases: list[Case]
+
+
+def _ip_counters() -> dict[str, int]:
+    """Ip counters of the current network namespace, from /proc/net/snmp."""
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    ip = [line.split()[1:] for line in lines if line.startswith("Ip:")]
+    if len(ip) < 2:
+        return {}
+    return {k: int(v) for k, v in zip(ip[0], ip[1]) if v.lstrip("-").isdigit()}
+
+
+def _case(key: str, payload: int, mtu: int, *, do: bool = False, gso: int | None = None) -> Case:
+    """One send on a fresh pair over 127.0.0.1, everything read back, counters diffed."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+    ):
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        rx.bind(("127.0.0.1", 0))
+        tx.connect(rx.getsockname())
+        if do:
+            tx.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        if gso is not None:
+            tx.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, gso)
+        c = Case(
+            key, payload, PMTUDISC.get(tx.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER), "?"), gso
+        )
+        c.ip_mtu = tx.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        before = _ip_counters()
+        try:
+            tx.send(bytes(payload))
+            c.send_outcome = "ok"
+        except OSError as exc:
+            c.send_outcome = oserror_name(exc)
+        if c.send_outcome == "ok":
+            rx.settimeout(ARRIVAL_S)
+            buf = bytearray(65536)
+            while c.received < payload:
+                try:
+                    got = rx.recv_into(buf)
+                except TimeoutError:
+                    break
+                c.reads += 1
+                c.received += got
+                rx.settimeout(0.05)  # the rest of a GSO burst is queued already
+        after = _ip_counters()
+        c.counters = {k: after.get(k, 0) - before.get(k, 0) for k in IP_COUNTERS}
+    return c
+
+
+def measure_here(mtu: int) -> list[Case]:
+    """The cases, in the current network namespace, whose `lo` must have MTU `mtu` and
+    carry no other traffic (its counters are read as the experiment's own)."""
+    fit = payload_limit(mtu)
+    cases = [
+        _case("fits", fit, mtu),
+        _case("over", fit + 1, mtu),
+        _case("largest", udp.udp_payload_limit(socket.AF_INET), mtu),
+        _case("over_do", fit + 1, mtu, do=True),
+        _case("fits_do", fit, mtu, do=True),
+        _case("gso_fits", 4 * fit, mtu, gso=fit),
+        _case("gso_over", 2 * (fit + 1), mtu, gso=fit + 1),
+    ]
+    return cases
+
+
+def _in_namespace(mtu: int) -> Result:
+    netif.set_link("lo", mtu=mtu)
+    return Result(mtu, "", measure_here(mtu))
+
+
+def _host_ip_mtu(lab: Lab) -> int | None:
+    """IP_MTU of a UDP socket connected over the host's IPv4 loopback."""
+    if lab.host.is_v6:
+        return None
+    s = lab.open_socket(socket.SOCK_DGRAM, family=socket.AF_INET)
+    try:
+        s.connect(("127.0.0.1", 9))  # connect() on UDP sends nothing; it picks a route
+        return int(s.getsockopt(socket.IPPROTO_IP, IP_MTU))
+    except OSError:
+        return None
+    finally:
+        lab.close(s)
+
+
+@dataclass
+class Outcome:
+    result: Result | None
+    unavailable: str | None
+    host_ip_mtu: int | None
+    lo_mtu: int | None = None
+
+
+def measure(lab: Lab, p: Params) -> Outcome | None:
+    if p.mtu == 0:
+        return None
+    host_mtu = _host_ip_mtu(lab)
+    try:
+        lo_mtu: int | None = netif.link_mtu("lo")
+    except OSError:
+        lo_mtu = None
+    t0 = time.monotonic()
+    try:
+        res = run_in_new_netns(
+            lambda: _in_namespace(p.mtu),
+            timeout=lab.deadline.timeout(CHILD_CAP_S, "running the path-MTU namespace"),
+        )
+    except NetnsUnavailable as exc:
+        return Outcome(None, f"no private network namespace: {exc}", host_mtu, lo_mtu)
+    except NetnsTimeout:
+        lab.deadline.check("running the path-MTU namespace")
+        return Outcome(
+            None,
+            f"the namespace child did not finish within {time.monotonic() - t0:.1f} s",
+            host_mtu,
+            lo_mtu,
+        )
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EPERM):
+            return Outcome(
+                None, f"cannot set lo's MTU to {p.mtu}: {oserror_name(exc)}", host_mtu, lo_mtu
+            )
+        raise
+    return Outcome(res, None, host_mtu, lo_mtu)
+
+
+LABELS = {
+    "fits": "largest unfragmented payload",
+    "over": "one byte more (default PMTU discovery)",
+    "largest": "the largest datagram",
+    "over_do": "one byte more with IP_PMTUDISC_DO",
+    "fits_do": "largest unfragmented with IP_PMTUDISC_DO",
+    "gso_fits": "UDP_SEGMENT: gso_size fits the MTU",
+    "gso_over": "UDP_SEGMENT: gso_size one byte over",
+}
+
+
+def add_table(report: Report, p: Params, out: Outcome | None) -> None:
+    if out is None:
+        return
+    t = report.table(
+        "mtu",
+        f"A path with MTU {p.mtu:,} (lo in a private network namespace): fragments, "
+        "IP_PMTUDISC_DO, UDP_SEGMENT",
+        [
+            col("case"),
+            col("what"),
+            col("payload", "payload", "B"),
+            col("pmtudisc", "IP_MTU_DISCOVER"),
+            col("gso_size", "UDP_SEGMENT", "B"),
+            col("send_outcome", "send()"),
+            col("reads", "reads", "datagrams"),
+            col("received", "received", "B"),
+            col("ip_mtu", "IP_MTU", "B"),
+            # Exact: the namespace is private, nothing but this case moves them.
+            col("frag_creates", "Ip FragCreates Δ (private namespace)"),
+            col("frag_oks", "Ip FragOKs Δ (private namespace)"),
+            col("reasm_oks", "Ip ReasmOKs Δ (private namespace)"),
+        ],
+        keys=["case"],
+    )
+    if out.result is None:
+        na = NA(out.unavailable or "not measured")
+        for key, what in LABELS.items():
+            t.add(key, what, na, na, na, na, na, na, na, na, na, na)
+        return
+    for c in out.result.cases:
+        gso: Cell = c.gso_size if c.gso_size is not None else NA("UDP_SEGMENT not set")
+        t.add(
+            c.key,
+            LABELS[c.key],
+            c.payload,
+            c.pmtudisc,
+            gso,
+            c.send_outcome,
+            c.reads,
+            c.received,
+            c.ip_mtu,
+            c.counters.get("FragCreates", 0),
+            c.counters.get("FragOKs", 0),
+            c.counters.get("ReasmOKs", 0),
+        )
+
+
+def _how_sent(c: Case) -> str:
+    frags = c.counters.get("FragCreates", 0)
+    if c.send_outcome != "ok":
+        return f"was refused ({c.send_outcome})"
+    if frags == 0:
+        return "left unfragmented (FragCreates +0)"
+    return f"was sent as {frags} fragments (FragCreates +{frags})"
+
+
+def add_findings(report: Report, p: Params, out: Outcome | None) -> list[str]:
+    if out is None:
+        return []
+    host = ""
+    if out.host_ip_mtu is not None:
+        lo = f"the host's lo has MTU {n(out.lo_mtu)} and " if out.lo_mtu is not None else ""
+        host = (
+            f"On this host's loopback, {lo}IP_MTU reads {n(out.host_ip_mtu)} B (ipv4_mtu() in "
+            "net/ipv4/route.c caps a route's MTU at IP_MAX_MTU): "
+            + (
+                "every IPv4 datagram (at most 65,535 B with its header) fits, so nothing "
+                "is ever fragmented there; that is what loopback hides."
+                if out.host_ip_mtu >= 0xFFFF
+                else "datagrams above it are fragmented there too."
+            )
+        )
+    if out.result is None:
+        report.findings.append(
+            (host + " " if host else "") + f"The MTU-{n(p.mtu)} path was not measured: "
+            f"{out.unavailable}."
+        )
+        return []
+    c = {x.key: x for x in out.result.cases}
+    fit, over, big, do, fdo = c["fits"], c["over"], c["largest"], c["over_do"], c["fits_do"]
+    f = report.findings
+    if host:
+        f.append(host)
+    f.append(
+        f"On a path with MTU {n(p.mtu)} (IP_MTU read {n(fit.ip_mtu or 0)} B): {n(fit.payload)} B "
+        f"{_how_sent(fit)}; {n(over.payload)} B with IP_MTU_DISCOVER {over.pmtudisc} (a new "
+        f"socket's default here) {_how_sent(over)} (the kernel's rule gives "
+        f"{expected_fragments(over.payload, p.mtu)}), reassembled (ReasmOKs "
+        f"+{over.counters['ReasmOKs']}) and read as {plural(over.reads, 'datagram')} of "
+        f"{n(over.received)} B; {n(big.payload)} B {_how_sent(big)} (rule: "
+        f"{expected_fragments(big.payload, p.mtu)}) and was read as "
+        f"{plural(big.reads, 'datagram')} of "
+        f"{n(big.received)} B: one send, one read, however many fragments."
+    )
+    f.append(
+        f"With IP_PMTUDISC_DO, {n(do.payload)} B raised {do.send_outcome} at send() and "
+        f"nothing left (FragCreates +{do.counters['FragCreates']}), while {n(fdo.payload)} B "
+        f"went through ({fdo.send_outcome}, {fdo.reads} read): DO caps a datagram at the path "
+        f"MTU less 28 B of headers, the default fragments instead."
+    )
+    g, go = c["gso_fits"], c["gso_over"]
+    f.append(
+        f"UDP_SEGMENT {n(g.gso_size or 0)}: one send() of {n(g.payload)} B arrived as "
+        f"{g.reads} datagrams ({n(g.received)} B) with FragCreates +{g.counters['FragCreates']}"
+        f" (segments are whole datagrams, not fragments); gso_size {n(go.gso_size or 0)}, "
+        f"one byte over the path's limit, was refused with {go.send_outcome}."
+    )
+    return [
+        f"MTU {n(p.mtu)}: {n(over.payload)} B went as {over.counters['FragCreates']} "
+        f"fragments, IP_PMTUDISC_DO gave {do.send_outcome}"
+    ]
