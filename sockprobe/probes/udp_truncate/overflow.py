@@ -127,7 +127,7 @@ def measure_one(lab: Lab, p: Params, rcvbuf_requested: int) -> Case:
 
 
 def measure(lab: Lab, p: Params) -> list[Case]:
-    return [measure_one(lab, p, b) for b in p.burst_rcvbufs]
+    return [measure_one(lab, p, b) for b in p.burst_rcvbuf]
 
 
 def add_table(report: Report, p: Params, family: int, cases: list[Case]) -> None:

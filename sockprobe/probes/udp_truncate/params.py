@@ -29,7 +29,7 @@ class Params(ProbeParams):
     bufsize: int = option(1024, "Buffer passed to recvmsg()/recv_into().", metavar="N")
     burst: int = option(200, "Overflow: datagrams sent back to back per case.", metavar="N")
     burst_size: int = option(512, "Overflow: bytes per datagram (>= 4).", metavar="N")
-    burst_rcvbufs: tuple[int, ...] = option(
+    burst_rcvbuf: tuple[int, ...] = option(
         DEFAULT_RCVBUFS,
         "Overflow: SO_RCVBUF requested on the idle receiver, one case each.",
         flag="--burst-rcvbuf",
@@ -44,6 +44,9 @@ class Params(ProbeParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.burst_rcvbuf, int):
+            # TRANSITIONAL: the typer CLI passes one int; the generic CLI passes a tuple.
+            object.__setattr__(self, "burst_rcvbuf", (self.burst_rcvbuf,))
         require(len(self.sizes) > 0, "--size: give at least one datagram size")
         for s in self.sizes:
             require(0 <= s <= MAX_SIZE, f"--size must be 0..{MAX_SIZE} bytes, not {s}")
@@ -58,12 +61,12 @@ class Params(ProbeParams):
             f"--burst-size must be 4..65507 bytes (4 carry a sequence number), "
             f"not {self.burst_size}",
         )
-        require(len(self.burst_rcvbufs) > 0, "--burst-rcvbuf: give at least one size")
+        require(len(self.burst_rcvbuf) > 0, "--burst-rcvbuf: give at least one size")
         require(
-            len(set(self.burst_rcvbufs)) == len(self.burst_rcvbufs),
+            len(set(self.burst_rcvbuf)) == len(self.burst_rcvbuf),
             "--burst-rcvbuf: each size at most once",
         )
-        for b in self.burst_rcvbufs:
+        for b in self.burst_rcvbuf:
             require(1 <= b <= 1 << 30, f"--burst-rcvbuf must be 1..{1 << 30} bytes, not {b}")
         require(
             self.mtu == 0 or MIN_MTU <= self.mtu <= 65536,
