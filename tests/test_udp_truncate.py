@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-
 from helpers import has_ipv6_loopback
 
 from sockprobe import kernel
