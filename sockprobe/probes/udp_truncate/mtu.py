@@ -42,12 +42,12 @@ from sockprobe.probes.udp_truncate.params import Params
 from sockprobe.report import NA, Cell, Report, col
 from sockprobe.status import oserror_name
 
-# Linux values (include/uapi/linux/in.h, udp.h); Python 3.11 exports none of them.
-IP_MTU_DISCOVER = 10
-IP_MTU = 14
-PMTUDISC = {0: "DONT", 1: "WANT", 2: "DO", 3: "PROBE", 4: "INTERFACE", 5: "OMIT"}
-IP_PMTUDISC_DO = 2
-UDP_SEGMENT = 103
+# Linux values (kernel/udp.py); this module runs only where namespaces exist (Linux).
+IP_MTU_DISCOVER = udp.IP_MTU_DISCOVER or 10
+IP_MTU = udp.IP_MTU or 14
+PMTUDISC = udp.PMTUDISC_NAMES
+IP_PMTUDISC_DO = udp.IP_PMTUDISC_DO
+UDP_SEGMENT = udp.UDP_SEGMENT or 103
 IP_HEADER = udp.IPV4_HEADER
 UDP_HEADER = udp.UDP_HEADER
 #: How long the child waits for one datagram on its own loopback (delivery is inside
