@@ -14,7 +14,7 @@ from sockprobe.cli import main
 from sockprobe.kernel import netns, udp
 from sockprobe.probes import udp_truncate
 from sockprobe.probes.udp_truncate import mtu
-from sockprobe.report import NA
+from sockprobe.report import NA, Report
 from sockprobe.status import DeadlineExceeded, Unsupported, UsageError
 
 linux_only = pytest.mark.skipif(
@@ -359,3 +359,26 @@ def test_lo_down_is_unsupported_with_the_cause():
 
     out = netns.run_in_new_netns(body, timeout=10)
     assert out.startswith("Unsupported:") and "lo is down" in out, out
+
+
+@needs_netns
+@pytest.mark.parametrize("no_pmtu_disc", [0, 1])
+def test_the_default_mode_follows_ip_no_pmtu_disc(no_pmtu_disc):
+    """The stated default (inet_create()'s rule of the namespace's ip_no_pmtu_disc) is
+    what a new socket reads, and either default fragments a datagram above the limit."""
+    res = netns.run_in_new_netns(lambda: mtu.in_namespace(1500, no_pmtu_disc), timeout=10)
+    assert res.no_pmtu_disc == no_pmtu_disc
+    over = next(c for c in res.cases if c.key == "over")
+    assert (
+        over.pmtudisc == mtu.default_pmtudisc(no_pmtu_disc) == ("DONT" if no_pmtu_disc else "WANT")
+    )
+    assert over.send_outcome == "ok" and over.counters["FragCreates"] == 2
+    do = next(c for c in res.cases if c.key == "over_do")
+    assert do.send_outcome == "EMSGSIZE"  # DO is per socket: the sysctl does not matter
+    rep = Report("udp-truncate")
+    mtu.add_findings(rep, udp_truncate.Params(), mtu.Outcome(res, None, 65535, 65536))
+    assert any(
+        f"{over.pmtudisc} (a new socket's default, {over.pmtudisc} with "
+        f"net.ipv4.ip_no_pmtu_disc = {no_pmtu_disc})" in f
+        for f in rep.findings
+    ), rep.findings

@@ -17,12 +17,19 @@ The kernel's rules measured here (net/ipv4/ip_output.c, __ip_append_data()):
   IP payloads are (MTU - 20) rounded down to a multiple of 8 bytes (maxfraglen), sent,
   and reassembled by the receiving IP layer into one datagram: one send, one read, and
   FragCreates counts the pieces.
+- WANT also sets DF on every packet that fits unless the route's MTU is locked
+  (ip_dont_fragment() in include/net/ip.h), so a smaller hop on the way can answer
+  "fragmentation needed"; the fragments of a larger one leave without DF. DONT never
+  sets DF.
 - With IP_PMTUDISC_DO the bound is the path MTU itself: a larger send() fails with
   EMSGSIZE at once, nothing is sent.
 - IP_MTU (getsockopt on a connected socket, ip(7)) reads the path MTU the kernel uses.
-- UDP_SEGMENT (udp_send_skb() in net/ipv4/udp.c) cuts one send into datagrams of
-  gso_size bytes, which are not fragments; a gso_size whose datagram would not fit the
-  path MTU is refused (EMSGSIZE since Linux 6.14, EINVAL before: the errno is measured).
+- UDP_SEGMENT (udp_send_skb() in net/ipv4/udp.c) makes one send a GSO packet that is
+  cut into datagrams of gso_size bytes, which are whole datagrams, not fragments. On
+  loopback the GSO packet crosses lo whole (lo takes GSO packets as they are) and is cut
+  at the receiving socket (udp_rcv_segment()); a NIC or the stack cuts it before the wire.
+  A gso_size whose datagram would not fit the path MTU is refused (EMSGSIZE on recent
+  kernels, EINVAL on older ones: the errno is measured).
 """
 
 from __future__ import annotations
@@ -58,6 +65,15 @@ CHILD_CAP_S = 5.0
 IP_COUNTERS = ("FragCreates", "FragOKs", "ReasmOKs")
 
 
+NO_PMTU_DISC = Path("/proc/sys/net/ipv4/ip_no_pmtu_disc")
+
+
+def default_pmtudisc(ip_no_pmtu_disc: int) -> str:
+    """The IP_MTU_DISCOVER a new IPv4 socket starts with, by inet_create()'s rule
+    (net/ipv4/af_inet.c): DONT when net.ipv4.ip_no_pmtu_disc is non-zero, else WANT."""
+    return "DONT" if ip_no_pmtu_disc else "WANT"
+
+
 def payload_limit(mtu: int) -> int:
     """The largest UDP payload that leaves in one IPv4 packet: MTU - 20 - 8."""
     return mtu - IP_HEADER - UDP_HEADER
@@ -89,7 +105,8 @@ class Case:
 @dataclass
 class Result:
     mtu: int
-    how: str
+    #: net.ipv4.ip_no_pmtu_disc in the namespace where the cases ran (None: unreadable).
+    no_pmtu_disc: int | None
     cases: list[Case]
 
 
@@ -157,9 +174,20 @@ def measure_here(mtu: int) -> list[Case]:
     return cases
 
 
-def _in_namespace(mtu: int) -> Result:
+def _read_no_pmtu_disc() -> int | None:
+    try:
+        return int(NO_PMTU_DISC.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def in_namespace(mtu: int, no_pmtu_disc: int | None = None) -> Result:
+    """Run in a fresh namespace: lo gets `mtu` (and ip_no_pmtu_disc a value, if given;
+    it is per network namespace), then the cases."""
     netif.set_link("lo", mtu=mtu)
-    return Result(mtu, "", measure_here(mtu))
+    if no_pmtu_disc is not None:
+        NO_PMTU_DISC.write_text(f"{no_pmtu_disc}\n")
+    return Result(mtu, _read_no_pmtu_disc(), measure_here(mtu))
 
 
 def _host_ip_mtu(lab: Lab) -> int | None:
@@ -195,7 +223,7 @@ def measure(lab: Lab, p: Params) -> Outcome | None:
     t0 = time.monotonic()
     try:
         res = run_in_new_netns(
-            lambda: _in_namespace(p.mtu),
+            lambda: in_namespace(p.mtu),
             timeout=lab.deadline.timeout(CHILD_CAP_S, "running the path-MTU namespace"),
         )
     except NetnsUnavailable as exc:
@@ -275,6 +303,16 @@ def add_table(report: Report, p: Params, out: Outcome | None) -> None:
         )
 
 
+def _default_text(no_pmtu_disc: int | None, seen: str) -> str:
+    """Where the socket's mode came from: inet_create()'s rule applied to the namespace's
+    ip_no_pmtu_disc, checked against what getsockopt() read."""
+    if no_pmtu_disc is None:
+        return "a new socket's default; net.ipv4.ip_no_pmtu_disc could not be read"
+    rule = default_pmtudisc(no_pmtu_disc)
+    agree = "" if rule == seen else f", yet the socket read {seen}"
+    return f"a new socket's default, {rule} with net.ipv4.ip_no_pmtu_disc = {no_pmtu_disc}{agree}"
+
+
 def _how_sent(c: Case) -> str:
     frags = c.counters.get("FragCreates", 0)
     if c.send_outcome != "ok":
@@ -289,9 +327,9 @@ def add_findings(report: Report, p: Params, out: Outcome | None) -> list[str]:
         return []
     host = ""
     if out.host_ip_mtu is not None:
-        lo = f"the host's lo has MTU {n(out.lo_mtu)} and " if out.lo_mtu is not None else ""
+        lo = f" (lo MTU {n(out.lo_mtu)})" if out.lo_mtu is not None else ""
         host = (
-            f"On this host's loopback, {lo}IP_MTU reads {n(out.host_ip_mtu)} B (ipv4_mtu() in "
+            f"On this host's loopback{lo}, IP_MTU reads {n(out.host_ip_mtu)} B (ipv4_mtu() in "
             "net/ipv4/route.c caps a route's MTU at IP_MAX_MTU): "
             + (
                 "every IPv4 datagram (at most 65,535 B with its header) fits, so nothing "
@@ -313,8 +351,9 @@ def add_findings(report: Report, p: Params, out: Outcome | None) -> list[str]:
         f.append(host)
     f.append(
         f"On a path with MTU {n(p.mtu)} (IP_MTU read {n(fit.ip_mtu or 0)} B): {n(fit.payload)} B "
-        f"{_how_sent(fit)}; {n(over.payload)} B with IP_MTU_DISCOVER {over.pmtudisc} (a new "
-        f"socket's default here) {_how_sent(over)} (the kernel's rule gives "
+        f"{_how_sent(fit)}; {n(over.payload)} B with IP_MTU_DISCOVER {over.pmtudisc} "
+        f"({_default_text(out.result.no_pmtu_disc, over.pmtudisc)}) {_how_sent(over)} "
+        f"(the kernel's rule gives "
         f"{expected_fragments(over.payload, p.mtu)}), reassembled (ReasmOKs "
         f"+{over.counters['ReasmOKs']}) and read as {plural(over.reads, 'datagram')} of "
         f"{n(over.received)} B; {n(big.payload)} B {_how_sent(big)} (rule: "
