@@ -130,7 +130,6 @@ def add_table(report: Report, family: int, rows: list[Row]) -> None:
             col("recverr", "IP_RECVERR set"),
             col("send_outcome", "send()"),
             col("recv_result", "next recv()"),
-            col("recv_outcome", "next recv() in full"),
             # How long the error took to surface: the scheduler's time, not a kernel rule.
             col("after_ms", "after", "ms", CONTEXT),
             col("noports_delta", f"{group} NoPorts Δ (this network namespace)", "", CONTEXT),
@@ -144,7 +143,6 @@ def add_table(report: Report, family: int, rows: list[Row]) -> None:
             bool(r.recverr),
             r.send_outcome,
             r.recv_result,
-            r.recv_outcome,
             None if r.after_ms is None else round(r.after_ms, 3),
             NA(NO_COUNTERS) if r.noports is None else r.noports,
         )

@@ -246,13 +246,13 @@ def measure(lab: Lab, p: Params) -> Outcome | None:
 
 
 LABELS = {
-    "fits": "largest unfragmented payload",
-    "over": "one byte more (default PMTU discovery)",
-    "largest": "the largest datagram",
-    "over_do": "one byte more with IP_PMTUDISC_DO",
-    "fits_do": "largest unfragmented with IP_PMTUDISC_DO",
-    "gso_fits": "UDP_SEGMENT: gso_size fits the MTU",
-    "gso_over": "UDP_SEGMENT: gso_size one byte over",
+    "fits": "MTU - 28, default",
+    "over": "one byte more",
+    "largest": "largest datagram",
+    "over_do": "one more, DO",
+    "fits_do": "MTU - 28, DO",
+    "gso_fits": "gso_size fits",
+    "gso_over": "gso_size 1 over",
 }
 
 
@@ -261,22 +261,22 @@ def add_table(report: Report, p: Params, out: Outcome | None) -> None:
         return
     t = report.table(
         "mtu",
-        f"A path with MTU {p.mtu:,} (lo in a private network namespace): fragments, "
-        "IP_PMTUDISC_DO, UDP_SEGMENT",
+        f"A path with MTU {p.mtu:,} (lo in a private network namespace; Ip counters of "
+        "that namespace): fragments, IP_PMTUDISC_DO, UDP_SEGMENT",
         [
             col("case"),
             col("what"),
             col("payload", "payload", "B"),
-            col("pmtudisc", "IP_MTU_DISCOVER"),
+            col("pmtudisc", "PMTU disc."),
             col("gso_size", "UDP_SEGMENT", "B"),
             col("send_outcome", "send()"),
-            col("reads", "reads", "datagrams"),
+            col("reads", "reads"),
             col("received", "received", "B"),
             col("ip_mtu", "IP_MTU", "B"),
             # Exact: the namespace is private, nothing but this case moves them.
-            col("frag_creates", "Ip FragCreates Δ (private namespace)"),
-            col("frag_oks", "Ip FragOKs Δ (private namespace)"),
-            col("reasm_oks", "Ip ReasmOKs Δ (private namespace)"),
+            col("frag_creates", "FragCreates Δ"),
+            col("frag_oks", "FragOKs Δ"),
+            col("reasm_oks", "ReasmOKs Δ"),
         ],
         keys=["case"],
     )

@@ -44,9 +44,6 @@ class Params(ProbeParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.burst_rcvbuf, int):
-            # TRANSITIONAL: the typer CLI passes one int; the generic CLI passes a tuple.
-            object.__setattr__(self, "burst_rcvbuf", (self.burst_rcvbuf,))
         require(len(self.sizes) > 0, "--size: give at least one datagram size")
         for s in self.sizes:
             require(0 <= s <= MAX_SIZE, f"--size must be 0..{MAX_SIZE} bytes, not {s}")
