@@ -73,7 +73,9 @@ def run(params: Params) -> Report:
     offload.add_table(report, params, off)
     boundaries.add_findings(report, params, msgs, outcomes)
     offload.add_findings(report, params, off)
-    report.summary = boundaries.headline(params, msgs, outcomes)
+    report.summary = "; ".join(
+        x for x in (boundaries.headline(params, msgs, outcomes), offload.headline(off)) if x
+    )
     _notes(report, params, outcomes)
     report.duration_s = watch()
     return report

@@ -266,3 +266,15 @@ def add_findings(report: Report, p: Params, rows: list[Row]) -> None:
             + "; ".join(parts)
             + "."
         )
+
+
+def headline(rows: list[Row]) -> str | None:
+    """The headline's part: the two rows that break the rule in opposite directions."""
+    by = {r.case: r for r in rows if r.na is None}
+    seg, gro = by.get("udp_segment"), by.get("udp_segment_gro")
+    if seg is None:
+        return None
+    text = f"one UDP_SEGMENT send() came back as {plural(len(seg.read_sizes), 'read')}" + (
+        f", {plural(len(gro.read_sizes), 'read')} with UDP_GRO" if gro is not None else ""
+    )
+    return text
