@@ -382,3 +382,21 @@ def test_the_default_mode_follows_ip_no_pmtu_disc(no_pmtu_disc):
         f"net.ipv4.ip_no_pmtu_disc = {no_pmtu_disc})" in f
         for f in rep.findings
     ), rep.findings
+
+
+@linux_only
+def test_effective_rcvbuf_follows_the_kernels_rule_including_the_rmem_max_cap():
+    """The stated rule (min(requested, rmem_max) x 2) against getsockopt, below and above
+    net.core.rmem_max (host-wide, so the cap is tested by asking for more than it)."""
+    from sockprobe.probes.udp_truncate import overflow
+
+    rmem_max = kernel.sysctl_int("net.core.rmem_max")
+    assert rmem_max is not None
+    asks = (8192, rmem_max + 4096)
+    r = udp_truncate.run(udp_truncate.Params(sizes=(10,), burst=20, burst_rcvbuf=asks, mtu=0))
+    t = r.get("overflow")
+    for ask in asks:
+        row = t.find(rcvbuf_requested=ask)
+        assert row["rcvbuf_effective"] == overflow.expected_rcvbuf(ask, rmem_max)
+    assert t.find(rcvbuf_requested=asks[1])["rcvbuf_effective"] == 2 * rmem_max
+    assert any(f"rmem_max {rmem_max:,}) x 2 gives" in f for f in r.findings)

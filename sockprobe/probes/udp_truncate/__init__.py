@@ -83,8 +83,8 @@ def run(params: Params) -> Report:
 def _notes(report: Report) -> None:
     report.notes.extend(
         [
-            "udp(7): a receive returns at most one datagram; when it is bigger than the "
-            "buffer the rest is discarded and recvmsg() sets MSG_TRUNC in msg_flags. "
+            "udp(7): on a socket without UDP_GRO a receive returns at most one datagram; "
+            "when it is bigger than the buffer the rest is discarded and recvmsg() sets MSG_TRUNC in msg_flags. "
             "recv(2): MSG_TRUNC passed as a flag makes Linux return the datagram's real "
             "length. Pass it only to recv_into()/recvmsg_into(): Python's recv() would size "
             "its result by that length and return bytes the kernel never wrote.",
@@ -103,8 +103,9 @@ def _notes(report: Report) -> None:
             "cumulative count on each datagram queued after a drop. Udp RcvbufErrors in "
             "/proc/net/snmp (Udp6 in /proc/net/snmp6) counts for this network namespace "
             "(in a container: the container's), every socket in it included.",
-            "SO_RCVBUF (socket(7)): the kernel doubles the value set, for bookkeeping, and "
-            "each queued datagram is charged its whole buffer (truesize), not only its "
+            "SO_RCVBUF (socket(7)): the kernel caps the value at net.core.rmem_max and "
+            "doubles it, for bookkeeping (SO_RCVBUFFORCE, with CAP_NET_ADMIN, skips the "
+            "cap), and each queued datagram is charged its whole buffer (truesize), not only its "
             "payload, so far fewer datagrams fit than SO_RCVBUF / size suggests.",
             "ICMP errors: a connected UDP socket gets ECONNREFUSED on its next call after a "
             "port unreachable; an unconnected one only with IP_RECVERR (ip(7); the error "

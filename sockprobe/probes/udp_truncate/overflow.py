@@ -23,6 +23,7 @@ import errno
 import socket
 from dataclasses import dataclass
 
+from sockprobe import kernel
 from sockprobe.kernel import udp
 from sockprobe.lab import Lab
 from sockprobe.probes.udp_truncate.common import (
@@ -42,6 +43,16 @@ from sockprobe.report import CONTEXT, NA, VOLATILE, Bars, Cell, Report, col
 MARKER = b"\xff\xff\xff\xffmarker"
 
 
+def expected_rcvbuf(requested: int, rmem_max: int | None) -> int | None:
+    """SO_RCVBUF as __sock_set_rcvbuf() (net/core/sock.c) sets it: the request capped at
+    net.core.rmem_max, then doubled. The kernel also applies a floor (SOCK_MIN_RCVBUF,
+    about 4.5 KiB, from the size of struct sk_buff); below 4,096 B requested the rule is
+    not stated here (None), and neither without rmem_max."""
+    if rmem_max is None or requested < 4096:
+        return None
+    return min(requested, rmem_max) * 2
+
+
 @dataclass
 class Case:
     rcvbuf_requested: int
@@ -54,6 +65,8 @@ class Case:
     proc_drops: int | None
     ovfl_drops: Cell
     ns_rcvbuf_errors: int | None
+    #: net.core.rmem_max when the case ran (host-wide: not settable per namespace).
+    rmem_max: int | None = None
 
     @property
     def dropped(self) -> int | None:
@@ -123,6 +136,7 @@ def measure_one(lab: Lab, p: Params, rcvbuf_requested: int) -> Case:
         proc_drops=None if row is None else row.drops,
         ovfl_drops=ovfl,
         ns_rcvbuf_errors=None if before is None or after is None else after - before,
+        rmem_max=kernel.sysctl_int("net.core.rmem_max"),
     )
 
 
@@ -160,6 +174,10 @@ def add_table(report: Report, p: Params, family: int, cases: list[Case]) -> None
         "datagrams",
     )
     for c in cases:
+        if c.sent == 0:
+            none = NA(f"no datagram of the burst was sent ({c.send_errors} send() errors)")
+            t.add(c.rcvbuf_requested, c.rcvbuf, 0, none, none, none, none, none, c.send_errors)
+            continue
         t.add(
             c.rcvbuf_requested,
             c.rcvbuf,
@@ -214,9 +232,23 @@ def add_findings(report: Report, p: Params, family: int, cases: list[Case]) -> l
             if c.ns_rcvbuf_errors is not None
             else ""
         )
+        rule = expected_rcvbuf(c.rcvbuf_requested, c.rmem_max)
+        why = (
+            f", as min(requested, net.core.rmem_max {n(c.rmem_max or 0)}) x 2 gives"
+            if rule == c.rcvbuf
+            else f"; the kernel's rule min(requested, rmem_max) x 2 gives {n(rule)}"
+            if rule is not None
+            else ""
+        )
+        if c.sent == 0:
+            report.findings.append(
+                f"SO_RCVBUF {n(c.rcvbuf_requested)}: no datagram of the burst was sent "
+                f"(every send() failed, {n(c.send_errors)} errors), so nothing was measured."
+            )
+            continue
         report.findings.append(
             f"{n(c.sent)} datagrams of {n(p.burst_size)} B into a socket that did not read "
-            f"(SO_RCVBUF {n(c.rcvbuf_requested)} requested, {n(c.rcvbuf)} effective): "
+            f"(SO_RCVBUF {n(c.rcvbuf_requested)} requested, {n(c.rcvbuf)} effective{why}): "
             f"{n(c.delivered)} delivered (sequence {_ranges(c.delivered_seqs)}), "
             + (
                 f"{n(dropped)} dropped by that socket ({'; '.join(drops)})."
@@ -226,7 +258,7 @@ def add_findings(report: Report, p: Params, family: int, cases: list[Case]) -> l
             + ns
         )
     first = cases[0]
-    if first.dropped is not None:
+    if first.dropped is not None and first.sent > 0:
         heads.append(
             f"burst into SO_RCVBUF {n(first.rcvbuf_requested)}: {n(first.delivered)} of "
             f"{n(first.sent)} delivered, {n(first.dropped)} dropped"
