@@ -67,3 +67,21 @@ def test_the_timeout_kills_and_reaps_the_child():
 def test_no_time_left_is_a_timeout_without_a_fork():
     with pytest.raises(netns.NetnsTimeout):
         netns.run_in_new_netns(lambda: 1, timeout=0)
+
+
+def test_ctrl_c_while_waiting_kills_and_reaps_the_child():
+    import signal
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            netns.run_in_new_netns(lambda: time.sleep(30), timeout=10)
+        assert time.monotonic() - t0 < 2.0  # no_leaks then checks the child is gone
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
