@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from sockprobe.kernel import udp as udp_kernel
 from sockprobe.lab import Lab
+from sockprobe.probes import plural
 from sockprobe.probes.framing.params import (
     READERS,
     STREAMS,
@@ -299,9 +300,9 @@ def add_findings(report: Report, p: Params, msgs: list[bytes], outcomes: list[Ou
         )
         if intact < k:
             f.append(
-                f"{head}, yet recv({p.read_size}) returned {reads} reads with {intact} "
-                "message(s) intact: recv() copies bytes across segment boundaries, so "
-                "segments are not messages either."
+                f"{head}, yet recv({p.read_size}) returned {plural(reads, 'read')} with "
+                f"{plural(intact, 'message')} intact: recv() copies bytes across segment "
+                "boundaries, so segments are not messages either."
             )
         else:
             f.append(
@@ -341,7 +342,7 @@ def add_findings(report: Report, p: Params, msgs: list[bytes], outcomes: list[Ou
                 f"{head}: every boundary kept ({c.merged} merged, {c.split} split), but "
                 f"{c.truncated} of {k} messages came back cut to the {size:,} B buffer"
                 f"{returned}; the kernel discarded the other {c.discarded:,} B "
-                f"and set MSG_TRUNC on {o.msg_trunc} read(s); {c.intact} intact, "
+                f"and set MSG_TRUNC on {plural(o.msg_trunc, 'read')}; {c.intact} intact, "
                 f"{_lost_text(c, o)}."
             )
     # 4. The length prefix.
@@ -379,7 +380,7 @@ def add_findings(report: Report, p: Params, msgs: list[bytes], outcomes: list[Ou
     unsettled = [o for o in outcomes if o.na is None and not o.settled]
     if unsettled and p.receiver == "late":
         f.append(
-            f"In {len(unsettled)} case(s) the buffers could not hold every message, so the "
+            f"In {plural(len(unsettled), 'case')} the buffers could not hold every message, so the "
             "receiver began reading while the sender was still writing; their counts depend "
             "on timing."
         )
