@@ -84,7 +84,8 @@ def _notes(report: Report) -> None:
     report.notes.extend(
         [
             "udp(7): on a socket without UDP_GRO a receive returns at most one datagram; "
-            "when it is bigger than the buffer the rest is discarded and recvmsg() sets MSG_TRUNC in msg_flags. "
+            "when it is bigger than the buffer the rest is discarded and recvmsg() sets "
+            "MSG_TRUNC in msg_flags. "
             "recv(2): MSG_TRUNC passed as a flag makes Linux return the datagram's real "
             "length. Pass it only to recv_into()/recvmsg_into(): Python's recv() would size "
             "its result by that length and return bytes the kernel never wrote.",

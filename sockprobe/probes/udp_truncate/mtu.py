@@ -191,9 +191,8 @@ def in_namespace(mtu: int, no_pmtu_disc: int | None = None) -> Result:
 
 
 def _host_ip_mtu(lab: Lab) -> int | None:
-    """IP_MTU of a UDP socket connected over the host's IPv4 loopback."""
-    if lab.host.is_v6:
-        return None
+    """IP_MTU of a UDP socket connected over the host's IPv4 loopback (the experiment is
+    IPv4 whatever --host is); None where that cannot be read."""
     s = lab.open_socket(socket.SOCK_DGRAM, family=socket.AF_INET)
     try:
         s.connect(("127.0.0.1", 9))  # connect() on UDP sends nothing; it picks a route
@@ -350,7 +349,8 @@ def add_findings(report: Report, p: Params, out: Outcome | None) -> list[str]:
     if host:
         f.append(host)
     f.append(
-        f"On a path with MTU {n(p.mtu)} (IP_MTU read {n(fit.ip_mtu or 0)} B): {n(fit.payload)} B "
+        f"On an IPv4 path with MTU {n(p.mtu)} (IP_MTU read {n(fit.ip_mtu or 0)} B): "
+        f"{n(fit.payload)} B "
         f"{_how_sent(fit)}; {n(over.payload)} B with IP_MTU_DISCOVER {over.pmtudisc} "
         f"({_default_text(out.result.no_pmtu_disc, over.pmtudisc)}) {_how_sent(over)} "
         f"(the kernel's rule gives "
