@@ -293,6 +293,7 @@ def test_udp_segment_splits_one_send_into_gso_sized_datagrams(report):
     n = framing.Params().offload_segments
     assert row["send_calls"] == 1 and row["reads"] == n
     assert row["read_sizes"] == f"1,000 x{n - 1}, 900"  # the last segment is shorter
+    assert row["datagrams_per_read"] == 1
 
 
 def test_udp_gro_coalesces_the_segments_into_one_read_with_the_gso_size(report):
@@ -300,6 +301,7 @@ def test_udp_gro_coalesces_the_segments_into_one_read_with_the_gso_size(report):
     n = framing.Params().offload_segments
     assert row["reads"] == 1 and row["read_sizes"] == f"{n * 1000 - 100:,}"
     assert row["gro_size"] == 1000  # the SOL_UDP/UDP_GRO control message
+    assert row["datagrams_per_read"] == n  # one read, n datagrams: the rule broken
     # Separate sends are not glued on loopback (no GRO on lo), and carry no cmsg.
     sep = _offload(report).find(case="gro_separate")
     assert sep["reads"] == n and isinstance(sep["gro_size"], NA)

@@ -61,6 +61,8 @@ class Row:
     send_calls: int = 0
     bytes_sent: int = 0
     read_sizes: list[int] = field(default_factory=list)
+    #: Per read: the UDP_GRO segment size its control message carried, or None.
+    read_gro: list[int | None] = field(default_factory=list)
     gro_size: int | None = None
     gro_set: bool = False
     na: str | None = None
@@ -80,6 +82,7 @@ def _drain(rx: socket.socket, lab: Lab, row: Row, expect: int) -> None:
         row.read_sizes.append(len(data))
         got += len(data)
         size = udp.gro_segment_size(anc)
+        row.read_gro.append(size)
         if size is not None:
             row.gro_size = size
         rx.setblocking(False)
@@ -168,6 +171,14 @@ def measure(lab: Lab, p: Params) -> list[Row]:
     return rows
 
 
+def datagrams_per_read(r: Row) -> int:
+    """The most datagrams one read returned: a read with a UDP_GRO control message holds
+    ceil(length / segment size) of them (every segment but the last is full size,
+    udp_gro_receive()); any other read holds one."""
+    counts = [-(-size // gro) if gro else 1 for size, gro in zip(r.read_sizes, r.read_gro)]
+    return max(counts, default=0)
+
+
 def sizes_text(sizes: list[int]) -> str:
     """[1000, 1000, 900] -> '1,000 x2, 900'."""
     runs: list[list[int]] = []
@@ -193,6 +204,7 @@ def add_table(report: Report, p: Params, rows: list[Row]) -> None:
             col("reads", "reads"),
             col("read_sizes", "read sizes", "B"),
             col("gro_size", "UDP_GRO segment size", "B"),
+            col("datagrams_per_read", "datagrams per read"),
             col("one_send_one_read", "one send = one read"),
         ],
         keys=["case"],
@@ -200,7 +212,7 @@ def add_table(report: Report, p: Params, rows: list[Row]) -> None:
     for r in rows:
         if r.na is not None:
             na = NA(r.na)
-            t.add(r.case, r.transport, r.what, na, na, na, na, na, na)
+            t.add(r.case, r.transport, r.what, na, na, na, na, na, na, na)
             continue
         gro: Cell = (
             r.gro_size
@@ -218,6 +230,7 @@ def add_table(report: Report, p: Params, rows: list[Row]) -> None:
             len(r.read_sizes),
             sizes_text(r.read_sizes),
             gro,
+            datagrams_per_read(r),
             r.send_calls == len(r.read_sizes),
         )
 
@@ -243,8 +256,9 @@ def add_findings(report: Report, p: Params, rows: list[Row]) -> None:
         size = f"{gro.gro_size:,} B" if gro.gro_size is not None else "no"
         parts.append(
             f"the same send() to a UDP_GRO receiver came back as "
-            f"{plural(len(gro.read_sizes), 'read')} of {sizes_text(gro.read_sizes)} B with a "
-            f"{size} segment size in its UDP_GRO control message"
+            f"{plural(len(gro.read_sizes), 'read')} of {sizes_text(gro.read_sizes)} B holding "
+            f"{plural(datagrams_per_read(gro), 'datagram')}, with a {size} segment size in its "
+            "UDP_GRO control message"
         )
     sep = by.get("gro_separate")
     if sep is not None:
