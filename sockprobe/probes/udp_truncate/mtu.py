@@ -143,16 +143,18 @@ def _case(key: str, payload: int, mtu: int, *, do: bool = False, gso: int | None
         except OSError as exc:
             c.send_outcome = oserror_name(exc)
         if c.send_outcome == "ok":
-            rx.settimeout(ARRIVAL_S)
+            # Every byte sent is awaited, within ARRIVAL_S in all: under load the receive
+            # softirq (and reassembly) may run after send() returned.
             buf = bytearray(65536)
-            while c.received < payload:
+            end = time.monotonic() + ARRIVAL_S
+            while c.received < payload and time.monotonic() < end:
+                rx.settimeout(max(0.001, end - time.monotonic()))
                 try:
                     got = rx.recv_into(buf)
                 except TimeoutError:
                     break
                 c.reads += 1
                 c.received += got
-                rx.settimeout(0.05)  # the rest of a GSO burst is queued already
         after = _ip_counters()
         c.counters = {k: after.get(k, 0) - before.get(k, 0) for k in IP_COUNTERS}
     return c
