@@ -235,6 +235,7 @@ def test_ipv6_host():
         dict(sizes=(10, 10)),
         dict(mtu=67),
         dict(mtu=70000),
+        dict(mtu=32769),
         dict(op_timeout=0),
         dict(deadline=0),
     ],

@@ -170,7 +170,8 @@ def measure_here(mtu: int) -> list[Case]:
         _case("largest", udp.udp_payload_limit(socket.AF_INET), mtu),
         _case("over_do", fit + 1, mtu, do=True),
         _case("fits_do", fit, mtu, do=True),
-        _case("gso_fits", 4 * fit, mtu, gso=fit),
+        # Up to 4 segments, as many as one send of at most 65,507 B can hold.
+        _case("gso_fits", min(4, udp.udp_payload_limit(socket.AF_INET) // fit) * fit, mtu, gso=fit),
         _case("gso_over", 2 * (fit + 1), mtu, gso=fit + 1),
     ]
     return cases
@@ -359,9 +360,13 @@ def add_findings(report: Report, p: Params, out: Outcome | None) -> list[str]:
         f"{expected_fragments(over.payload, p.mtu)}), reassembled (ReasmOKs "
         f"+{over.counters['ReasmOKs']}) and read as {plural(over.reads, 'datagram')} of "
         f"{n(over.received)} B; {n(big.payload)} B {_how_sent(big)} (rule: "
-        f"{expected_fragments(big.payload, p.mtu)}) and was read as "
-        f"{plural(big.reads, 'datagram')} of "
-        f"{n(big.received)} B: one send, one read, however many fragments."
+        f"{expected_fragments(big.payload, p.mtu)})"
+        + (
+            f" and was read as {plural(big.reads, 'datagram')} of {n(big.received)} B: one "
+            "send, one read, however many fragments."
+            if big.send_outcome == "ok"
+            else "."
+        )
     )
     f.append(
         f"With IP_PMTUDISC_DO, {n(do.payload)} B raised {do.send_outcome} at send() and "

@@ -19,6 +19,9 @@ DEFAULT_MTU = 1500
 #: IPv4's minimum MTU (RFC 791: every host must take 68-byte datagrams); the kernel
 #: refuses a smaller one on an interface with IPv4 (EINVAL).
 MIN_MTU = 68
+#: The UDP_SEGMENT cases send two or more segments of MTU - 28 (or - 27) B in one
+#: datagram-sized send, which must stay within 65,507 B: hence at most 32,768.
+MAX_MTU = 32768
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,8 @@ class Params(ProbeParams):
         for b in self.burst_rcvbuf:
             require(1 <= b <= 1 << 30, f"--burst-rcvbuf must be 1..{1 << 30} bytes, not {b}")
         require(
-            self.mtu == 0 or MIN_MTU <= self.mtu <= 65536,
-            f"--mtu must be 0 (skip) or {MIN_MTU}..65536 bytes, not {self.mtu}",
+            self.mtu == 0 or MIN_MTU <= self.mtu <= MAX_MTU,
+            f"--mtu must be 0 (skip) or {MIN_MTU}..{MAX_MTU} bytes, not {self.mtu}",
         )
         require(
             0.01 <= self.op_timeout <= 10.0,
