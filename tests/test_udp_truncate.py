@@ -401,3 +401,26 @@ def test_effective_rcvbuf_follows_the_kernels_rule_including_the_rmem_max_cap():
         assert row["rcvbuf_effective"] == overflow.expected_rcvbuf(ask, rmem_max)
     assert t.find(rcvbuf_requested=asks[1])["rcvbuf_effective"] == 2 * rmem_max
     assert any(f"rmem_max {rmem_max:,}) x 2 gives" in f for f in r.findings)
+
+
+@needs_netns
+def test_ipv6_fragments_with_its_own_rule_and_do_refuses(mtu_table):
+    if isinstance(mtu_table.find(case="v6_fits")["send_outcome"], NA):
+        pytest.skip(mtu_table.find(case="v6_fits")["send_outcome"].reason)
+    assert mtu.payload_limit(1500, v6=True) == 1452
+    for case, payload in (("v6_fits", 1452), ("v6_over", 1453), ("v6_largest", 65527)):
+        row = mtu_table.find(case=case)
+        assert row["family"] == "IPv6" and row["ip_mtu"] == 1500
+        assert (row["send_outcome"], row["reads"], row["received"]) == ("ok", 1, payload)
+        frags = mtu.expected_fragments(payload, 1500, v6=True)
+        assert row["frag_creates"] == (0 if frags == 1 else frags), row
+    assert mtu_table.find(case="v6_largest")["frag_creates"] == 46  # 1,448 B per fragment
+    assert mtu_table.find(case="v6_over_do")["send_outcome"] == "EMSGSIZE"
+
+
+@needs_netns
+def test_below_ipv6s_minimum_mtu_the_ipv6_rows_say_why():
+    r = udp_truncate.run(udp_truncate.Params(sizes=(10,), burst=5, mtu=1000))
+    row = r.get("mtu").find(case="v6_over")
+    assert isinstance(row["send_outcome"], NA) and "1,280" in row["send_outcome"].reason
+    assert r.get("mtu").find(case="over_do")["send_outcome"] == "EMSGSIZE"  # IPv4 still ran

@@ -47,6 +47,12 @@ UDP_GRO: int | None = 104 if IS_LINUX else None
 IP_MTU_DISCOVER: int | None = getattr(socket, "IP_MTU_DISCOVER", 10 if IS_LINUX else None)
 IP_MTU: int | None = getattr(socket, "IP_MTU", 14 if IS_LINUX else None)
 IP_PMTUDISC_DO = 2
+#: The IPv6 counterparts (include/uapi/linux/in6.h, ipv6(7)); same mode numbers.
+IPV6_MTU_DISCOVER: int | None = getattr(socket, "IPV6_MTU_DISCOVER", 23 if IS_LINUX else None)
+IPV6_MTU: int | None = getattr(socket, "IPV6_MTU", 24 if IS_LINUX else None)
+#: The IPv6 fragment header (RFC 8200) each fragment carries.
+IPV6_HEADER = 40
+IPV6_FRAG_HEADER = 8
 PMTUDISC_NAMES = {0: "DONT", 1: "WANT", 2: "DO", 3: "PROBE", 4: "INTERFACE", 5: "OMIT"}
 
 #: Header bytes that come out of the 16-bit IP length field: the IPv4 total length

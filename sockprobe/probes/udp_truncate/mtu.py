@@ -52,6 +52,8 @@ from sockprobe.status import oserror_name
 # Linux values (kernel/udp.py); this module runs only where namespaces exist (Linux).
 IP_MTU_DISCOVER = udp.IP_MTU_DISCOVER or 10
 IP_MTU = udp.IP_MTU or 14
+IPV6_MTU_DISCOVER = udp.IPV6_MTU_DISCOVER or 23
+IPV6_MTU = udp.IPV6_MTU or 24
 PMTUDISC = udp.PMTUDISC_NAMES
 IP_PMTUDISC_DO = udp.IP_PMTUDISC_DO
 UDP_SEGMENT = udp.UDP_SEGMENT or 103
@@ -74,18 +76,22 @@ def default_pmtudisc(ip_no_pmtu_disc: int) -> str:
     return "DONT" if ip_no_pmtu_disc else "WANT"
 
 
-def payload_limit(mtu: int) -> int:
-    """The largest UDP payload that leaves in one IPv4 packet: MTU - 20 - 8."""
-    return mtu - IP_HEADER - UDP_HEADER
+def payload_limit(mtu: int, v6: bool = False) -> int:
+    """The largest UDP payload that leaves in one packet: MTU - 20 - 8 over IPv4,
+    MTU - 40 - 8 over IPv6."""
+    return mtu - (udp.IPV6_HEADER if v6 else IP_HEADER) - UDP_HEADER
 
 
-def expected_fragments(payload: int, mtu: int) -> int:
-    """Fragments __ip_append_data() makes of one datagram: every fragment but the last
-    carries (MTU - 20) & ~7 bytes of the UDP datagram (header included); 1 if it fits."""
+def expected_fragments(payload: int, mtu: int, v6: bool = False) -> int:
+    """Fragments the sender makes of one datagram, 1 if it fits. IPv4
+    (__ip_append_data()): every fragment but the last carries (MTU - 20) & ~7 bytes of the
+    UDP datagram (its header included). IPv6 (__ip6_append_data()): each fragment also
+    carries an 8-byte fragment header, so (MTU - 40 - 8) & ~7."""
     datagram = payload + UDP_HEADER
-    if datagram + IP_HEADER <= mtu:
+    if datagram <= payload_limit(mtu, v6) + UDP_HEADER:
         return 1
-    per = (mtu - IP_HEADER) & ~7
+    headers = udp.IPV6_HEADER + udp.IPV6_FRAG_HEADER if v6 else IP_HEADER
+    per = (mtu - headers) & ~7
     return -(-datagram // per)
 
 
@@ -100,6 +106,9 @@ class Case:
     received: int = 0
     ip_mtu: int | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    family: str = "IPv4"
+    #: Why the case could not run (IPv6 missing in the namespace), or None.
+    unavailable: str | None = None
 
 
 @dataclass
@@ -110,8 +119,17 @@ class Result:
     cases: list[Case]
 
 
-def _ip_counters() -> dict[str, int]:
-    """Ip counters of the current network namespace, from /proc/net/snmp."""
+def _ip_counters(v6: bool = False) -> dict[str, int]:
+    """The IP counters of the current network namespace, keyed as in IP_COUNTERS: Ip in
+    /proc/net/snmp (a header line and a value line), or Ip6 in /proc/net/snmp6 (one
+    `Ip6FragCreates  46` pair per line)."""
+    if v6:
+        out: dict[str, int] = {}
+        for line in Path("/proc/net/snmp6").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].startswith("Ip6") and parts[1].isdigit():
+                out[parts[0].removeprefix("Ip6")] = int(parts[1])
+        return out
     lines = Path("/proc/net/snmp").read_text().splitlines()
     ip = [line.split()[1:] for line in lines if line.startswith("Ip:")]
     if len(ip) < 2:
@@ -119,24 +137,36 @@ def _ip_counters() -> dict[str, int]:
     return {k: int(v) for k, v in zip(ip[0], ip[1]) if v.lstrip("-").isdigit()}
 
 
-def _case(key: str, payload: int, mtu: int, *, do: bool = False, gso: int | None = None) -> Case:
-    """One send on a fresh pair over 127.0.0.1, everything read back, counters diffed."""
+def _case(
+    key: str,
+    payload: int,
+    mtu: int,
+    *,
+    do: bool = False,
+    gso: int | None = None,
+    v6: bool = False,
+) -> Case:
+    """One send on a fresh pair over 127.0.0.1 (or ::1), everything read back, the
+    namespace's counters diffed."""
+    family, address = (socket.AF_INET6, "::1") if v6 else (socket.AF_INET, "127.0.0.1")
+    level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+    discover, mtu_opt = (IPV6_MTU_DISCOVER, IPV6_MTU) if v6 else (IP_MTU_DISCOVER, IP_MTU)
     with (
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+        socket.socket(family, socket.SOCK_DGRAM) as rx,
+        socket.socket(family, socket.SOCK_DGRAM) as tx,
     ):
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        rx.bind(("127.0.0.1", 0))
+        rx.bind((address, 0))
         tx.connect(rx.getsockname())
         if do:
-            tx.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            # IPV6_PMTUDISC_DO has the same value as IP_PMTUDISC_DO (2).
+            tx.setsockopt(level, discover, IP_PMTUDISC_DO)
         if gso is not None:
             tx.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, gso)
-        c = Case(
-            key, payload, PMTUDISC.get(tx.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER), "?"), gso
-        )
-        c.ip_mtu = tx.getsockopt(socket.IPPROTO_IP, IP_MTU)
-        before = _ip_counters()
+        c = Case(key, payload, PMTUDISC.get(tx.getsockopt(level, discover), "?"), gso)
+        c.family = "IPv6" if v6 else "IPv4"
+        c.ip_mtu = tx.getsockopt(level, mtu_opt)
+        before = _ip_counters(v6)
         try:
             tx.send(bytes(payload))
             c.send_outcome = "ok"
@@ -155,7 +185,7 @@ def _case(key: str, payload: int, mtu: int, *, do: bool = False, gso: int | None
                     break
                 c.reads += 1
                 c.received += got
-        after = _ip_counters()
+        after = _ip_counters(v6)
         c.counters = {k: after.get(k, 0) - before.get(k, 0) for k in IP_COUNTERS}
     return c
 
@@ -174,7 +204,33 @@ def measure_here(mtu: int) -> list[Case]:
         _case("gso_fits", min(4, udp.udp_payload_limit(socket.AF_INET) // fit) * fit, mtu, gso=fit),
         _case("gso_over", 2 * (fit + 1), mtu, gso=fit + 1),
     ]
+    fit6 = payload_limit(mtu, v6=True)
+    v6_cases = (
+        ("v6_fits", fit6, False),
+        ("v6_over", fit6 + 1, False),
+        ("v6_largest", udp.udp_payload_limit(socket.AF_INET6), False),
+        ("v6_over_do", fit6 + 1, True),
+    )
+    missing = _no_ipv6(mtu)
+    for key, payload, do in v6_cases:
+        if missing is not None:
+            cases.append(Case(key, payload, "?", family="IPv6", unavailable=missing))
+        else:
+            cases.append(_case(key, payload, mtu, do=do, v6=True))
     return cases
+
+
+def _no_ipv6(mtu: int) -> str | None:
+    """Why the IPv6 cases cannot run here, or None. Tried, not assumed: ::1 must be
+    bindable on lo. Below an MTU of 1,280 (IPv6's minimum, RFC 8200) the kernel takes
+    IPv6 off the link (addrconf_notify() on NETDEV_CHANGEMTU), so the bind fails."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        floor = f"; IPv6 needs an MTU of at least 1,280 B and lo has {mtu:,}" if mtu < 1280 else ""
+        return f"no IPv6 loopback in the namespace (bind ::1: {oserror_name(exc)}){floor}"
+    return None
 
 
 def _read_no_pmtu_disc() -> int | None:
@@ -255,6 +311,10 @@ LABELS = {
     "fits_do": "MTU - 28, DO",
     "gso_fits": "gso_size fits",
     "gso_over": "gso_size 1 over",
+    "v6_fits": "MTU - 48, default",
+    "v6_over": "one byte more",
+    "v6_largest": "largest datagram",
+    "v6_over_do": "one more, DO",
 }
 
 
@@ -267,6 +327,7 @@ def add_table(report: Report, p: Params, out: Outcome | None) -> None:
         "that namespace): fragments, IP_PMTUDISC_DO, UDP_SEGMENT",
         [
             col("case"),
+            col("family"),
             col("what"),
             col("payload", "payload", "B"),
             col("pmtudisc", "PMTU disc."),
@@ -274,7 +335,7 @@ def add_table(report: Report, p: Params, out: Outcome | None) -> None:
             col("send_outcome", "send()"),
             col("reads", "reads"),
             col("received", "received", "B"),
-            col("ip_mtu", "IP_MTU", "B"),
+            col("ip_mtu", "IP_MTU / IPV6_MTU", "B"),
             # Exact: the namespace is private, nothing but this case moves them.
             col("frag_creates", "FragCreates Δ"),
             col("frag_oks", "FragOKs Δ"),
@@ -285,12 +346,18 @@ def add_table(report: Report, p: Params, out: Outcome | None) -> None:
     if out.result is None:
         na = NA(out.unavailable or "not measured")
         for key, what in LABELS.items():
-            t.add(key, what, na, na, na, na, na, na, na, na, na, na)
+            fam = "IPv6" if key.startswith("v6_") else "IPv4"
+            t.add(key, fam, what, na, na, na, na, na, na, na, na, na, na)
         return
     for c in out.result.cases:
+        if c.unavailable is not None:
+            na = NA(c.unavailable)
+            t.add(c.key, c.family, LABELS[c.key], c.payload, na, na, na, na, na, na, na, na, na)
+            continue
         gso: Cell = c.gso_size if c.gso_size is not None else NA("UDP_SEGMENT not set")
         t.add(
             c.key,
+            c.family,
             LABELS[c.key],
             c.payload,
             c.pmtudisc,
@@ -374,6 +441,22 @@ def add_findings(report: Report, p: Params, out: Outcome | None) -> list[str]:
         f"went through ({fdo.send_outcome}, {fdo.reads} read): DO caps a datagram at the path "
         f"MTU less 28 B of headers, the default fragments instead."
     )
+    v6 = [c[k] for k in ("v6_fits", "v6_over", "v6_largest", "v6_over_do")]
+    if v6[0].unavailable is None:
+        f6, o6, b6, d6 = v6
+        f.append(
+            f"Over IPv6 on the same path (IPV6_MTU {n(f6.ip_mtu or 0)} B): {n(f6.payload)} B "
+            f"{_how_sent(f6)}; {n(o6.payload)} B with IPV6_MTU_DISCOVER {o6.pmtudisc} "
+            f"{_how_sent(o6)} (rule: {expected_fragments(o6.payload, p.mtu, v6=True)}, each "
+            f"fragment also carrying an 8-byte fragment header), read as "
+            f"{plural(o6.reads, 'datagram')} of {n(o6.received)} B; {n(b6.payload)} B "
+            f"{_how_sent(b6)} (rule: {expected_fragments(b6.payload, p.mtu, v6=True)}); with "
+            f"IPV6_PMTUDISC_DO, {n(d6.payload)} B raised {d6.send_outcome}. Only the sender "
+            "fragments IPv6 (RFC 8200): a router drops what does not fit and answers "
+            "Packet Too Big."
+        )
+    else:
+        f.append(f"The IPv6 cases did not run: {v6[0].unavailable}.")
     g, go = c["gso_fits"], c["gso_over"]
     f.append(
         f"UDP_SEGMENT {n(g.gso_size or 0)}: one send() of {n(g.payload)} B arrived as "
