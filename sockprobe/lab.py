@@ -414,3 +414,44 @@ def pair_or_unsupported(
                 f"cannot connect on {lab.host.address} ({doing}): {oserror_text(exc)}"
             ) from None
         raise
+
+
+#: How long a datagram sent on the lab host may take to arrive before the host is judged
+#: unable to deliver (loopback delivers inside send(); this is generous for a loaded box).
+DELIVERY_CAP_S = 0.5
+
+
+def require_udp_delivery(lab: Lab) -> None:
+    """Unsupported (exit 3) unless one UDP datagram sent on the lab host arrives.
+
+    A UDP probe's numbers rest on datagrams being delivered; a send() that succeeds proves
+    nothing (with `lo` down, a loopback send() still returns its length and the kernel
+    drops the packet). The cause is named: the send's errno (ENETUNREACH, EADDRNOTAVAIL,
+    EPERM from a firewall) or, when it vanished, the state of `lo` for a loopback host.
+    """
+    from sockprobe.kernel import netif
+    from sockprobe.status import Unsupported
+
+    where = f"[{lab.host.address}]" if lab.host.is_v6 else lab.host.address
+    try:
+        tx, rx = lab.udp_pair()
+        tx.send(b"sockprobe: delivery check")
+    except OSError as exc:
+        raise Unsupported(f"UDP on {where} cannot send here: {oserror_text(exc)}") from None
+    del lab.endpoints[-2:]  # a check, not an endpoint of the experiments
+    rx.settimeout(lab.deadline.timeout(DELIVERY_CAP_S, "checking UDP delivery"))
+    try:
+        rx.recv(64)
+    except TimeoutError:
+        lab.deadline.check("checking UDP delivery")
+        cause = ""
+        if ipaddress.ip_address(lab.host.address).is_loopback and netif.link_is_up("lo") is False:
+            cause = ": the loopback interface lo is down"
+        raise Unsupported(
+            f"a UDP datagram sent to {where} did not arrive within {DELIVERY_CAP_S:g} s{cause}"
+        ) from None
+    except OSError as exc:
+        raise Unsupported(f"UDP on {where} cannot receive here: {oserror_text(exc)}") from None
+    finally:
+        lab.close(tx)
+        lab.close(rx)

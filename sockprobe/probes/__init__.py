@@ -77,8 +77,7 @@ PROBES: tuple[ProbeSpec, ...] = (
     ProbeSpec(
         "ephemeral",
         "sockprobe.probes.ephemeral",
-        "When does connect() run out of local ports (EADDRNOTAVAIL), and how close is "
-        "this host?",
+        "When does connect() run out of local ports (EADDRNOTAVAIL), and how close is this host?",
         ("sockprobe ephemeral", "sockprobe ephemeral --ports 8 --top 10"),
     ),
     ProbeSpec(
