@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sockprobe.fingerprint import FINGERPRINT_KIND
+from sockprobe.probes import plural
 from sockprobe.report import KINDS, SCHEMA_VERSION, Report, col
 from sockprobe.status import UsageError
 
@@ -622,7 +623,7 @@ def _difference_findings(c: Comparison, side_a: str, side_b: str) -> list[str]:
         n = sum(1 for e in c.differences if d.row in e.explained_by)
         probes = sorted({e.probe for e in c.differences if d.row in e.explained_by})
         tail = (
-            f"; the probes that read it ({', '.join(probes)}) differ in {n} value(s), "
+            f"; the probes that read it ({', '.join(probes)}) differ in {plural(n, 'value')}, "
             "listed under it"
             if n
             else "; no behaviour the probes measured differs with it"
@@ -633,13 +634,13 @@ def _difference_findings(c: Comparison, side_a: str, side_b: str) -> list[str]:
         if d.kind != "setting" and not d.explained_by:
             unexplained[d.probe] = unexplained.get(d.probe, 0) + 1
     for probe, n in unexplained.items():
-        out.append(f"{probe}: {n} difference(s) that no changed setting explains.")
+        out.append(f"{probe}: {plural(n, 'difference')} that no changed setting explains.")
     for k, va, vb in c.environment:
         out.append(f"{k}: {va} on {side_a}, {vb} on {side_b} (not counted as a difference).")
     if c.not_measured:
         out.append(
-            f"{len(c.not_measured)} value(s) were measured on one side only (listed as not "
-            "measured, not as differences)."
+            f"{plural(len(c.not_measured), 'value')} measured on one side only (listed as "
+            "not measured, not as differences)."
         )
     return out
 
@@ -651,7 +652,7 @@ def _summary(c: Comparison) -> str:
     for d in c.differences:
         kinds[d.kind] = kinds.get(d.kind, 0) + 1
     parts = ", ".join(f"{n} {k}" for k, n in kinds.items())
-    return f"{len(c.differences)} difference(s): {parts}"
+    return f"{plural(len(c.differences), 'difference')}: {parts}"
 
 
 def _add_differences(table: Any, diffs: Sequence[Difference], group: int | None = None) -> None:
@@ -781,6 +782,31 @@ def run(paths: Sequence[str] | str, *more: str) -> Report:
         return _pair(files, docs) if len(files) == 2 else _fleet(files, docs)
     except RecursionError:  # cannot happen below MAX_DEPTH; kept as a one-line refusal
         raise UsageError("a fingerprint nests too deeply to compare") from None
+
+
+def lines(report: Report) -> list[str]:
+    """One line per difference, in the differences table's order (a changed setting, then
+    indented under it the behaviours it may explain; then the rest by probe), for a
+    renderer that fits them to the terminal: `setting net.core.somaxconn: 4096 -> 64`,
+    `  backlog > admission > 128 > admitted: 129 -> 65`. Fleet rows start `group N:`.
+    Text only, built from the table's cells; printing stays in render.py."""
+    out: list[str] = []
+    for r in report.get("differences").rows:
+        where = " > ".join(str(r[k]) for k in ("probe", "table", "row", "column") if r.get(k))
+        if r.get("kind") == "setting":
+            where = f"setting {r['row']}"
+        indent = "  " if r.get("explained_by") else ""
+        group = f"group {r['group']}: " if "group" in r else ""
+        out.append(f"{group}{indent}{where}: {_text(r.get('a'))} -> {_text(r.get('b'))}")
+    return out
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
 
 
 def differs(report: Report) -> bool:

@@ -182,6 +182,11 @@ def test_a_changed_setting_comes_once_with_the_behaviours_it_explains(tmp_path):
     assert any("net.core.somaxconn is 4096 on A and 64 on B" in f for f in rep.findings)
     # One line per difference: the keys identify each row.
     assert len({(r["probe"], r["table"], r["row"], r["column"]) for r in rows}) == len(rows)
+    text = diff.lines(rep)
+    assert len(text) == len(rows)
+    assert text[0] == "setting net.core.somaxconn: 4096 -> 64"
+    assert text[1] == "  backlog > admission > 128 > admitted: 129 -> 65"
+    assert text[2].startswith("nagle > wwr > ")
 
 
 def test_timing_within_tolerance_and_a_delayed_ack_beyond_it(tmp_path):
