@@ -60,9 +60,13 @@ test-all: ## The suite on every CPython 3.10-3.13 found here, each in its own .v
 	echo "test-all: $$found interpreter(s) run$${failed:+; failed on:$$failed}"; \
 	[ -z "$$failed" ]
 
+# check-dist builds from a copy without build leftovers: a stale *.egg-info/SOURCES.txt
+# (an editable install writes one) would add files that MANIFEST.in no longer names.
 check-dist: $(VENV)/.installed-dev ## Build the sdist, install it in a fresh venv, run its tests unpacked
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	$(BIN)/python -m build -q --no-isolation --sdist --outdir "$$tmp" . >/dev/null; \
+	mkdir "$$tmp/tree"; tar -cf - --exclude='./.venv*' --exclude='*.egg-info' --exclude=./.git \
+	  --exclude=./build --exclude=./dist --exclude=__pycache__ . | tar -xf - -C "$$tmp/tree"; \
+	$(BIN)/python -m build -q --no-isolation --sdist --outdir "$$tmp" "$$tmp/tree" >/dev/null; \
 	sdist=$$(ls "$$tmp"/sockprobe-*.tar.gz); tar xzf "$$sdist" -C "$$tmp"; \
 	src=$$(ls -d "$$tmp"/sockprobe-*/); echo "check-dist: $$(basename $$sdist) unpacked"; \
 	$(BIN)/python -m venv "$$tmp/venv"; \

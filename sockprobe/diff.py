@@ -591,6 +591,13 @@ def _show(v: Any) -> str | int | float | bool | None:
     return v  # type: ignore[no-any-return]
 
 
+@dataclass
+class DiffReport(Report):
+    """The diff's Report, with the command's exit status: 0 equal, 1 different."""
+
+    exit_status: int = 0
+
+
 _DIFF_COLUMNS = [
     col("probe"),
     col("table"),
@@ -692,9 +699,9 @@ _NOTE = (
 )
 
 
-def _pair(paths: Sequence[str], docs: Sequence[dict[str, Any]]) -> Report:
+def _pair(paths: Sequence[str], docs: Sequence[dict[str, Any]]) -> DiffReport:
     c = compare(docs[0], docs[1])
-    rep = Report("diff", params={"files": list(paths)})
+    rep = DiffReport("diff", params={"files": list(paths)}, exit_status=0 if c.equal else 1)
     _add_differences(
         rep.table("differences", "Differences (A, B)", _DIFF_COLUMNS, _KEYS), c.differences
     )
@@ -711,7 +718,7 @@ def _pair(paths: Sequence[str], docs: Sequence[dict[str, Any]]) -> Report:
     return rep
 
 
-def _fleet(paths: Sequence[str], docs: Sequence[dict[str, Any]]) -> Report:
+def _fleet(paths: Sequence[str], docs: Sequence[dict[str, Any]]) -> DiffReport:
     """Group by identical behaviour (equal to the group's first member), then compare
     each group's first member with the largest group's."""
     groups: list[list[int]] = []
@@ -724,7 +731,7 @@ def _fleet(paths: Sequence[str], docs: Sequence[dict[str, Any]]) -> Report:
             groups.append([i])
     groups.sort(key=lambda g: (-len(g), g[0]))
     ref = groups[0]
-    rep = Report("diff", params={"files": list(paths)})
+    rep = DiffReport("diff", params={"files": list(paths)}, exit_status=int(len(groups) > 1))
     diff_t = rep.table(
         "differences",
         "Each group's differences from group 1 (the largest)",
@@ -770,11 +777,10 @@ def _fleet(paths: Sequence[str], docs: Sequence[dict[str, Any]]) -> Report:
     return rep
 
 
-def run(paths: Sequence[str] | str, *more: str) -> Report:
+def run(paths: Sequence[str]) -> DiffReport:
     """Compare two fingerprints (pairwise report) or more (fleet report). Both reports'
-    first table is `differences`; `differs(report)` gives the exit status's answer.
-    (`run(a, b)` is accepted too, as the current CLI calls it.)"""
-    files = [paths, *more] if isinstance(paths, str) else [*paths, *more]
+    first table is `differences`; `exit_status` is 0 when equal, 1 when they differ."""
+    files = list(paths)
     if len(files) < 2:
         raise UsageError("diff needs at least two fingerprints (sockprobe all --json > A.json)")
     docs = [load(p) for p in files]

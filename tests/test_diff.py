@@ -371,7 +371,6 @@ def test_hostile_input_exits_2_with_one_line(case, tmp_path, capsys):
         assert code == 2, (case, out, err)
         assert out == "" and "Traceback" not in err
         assert len(err.splitlines()) == 1, err
-        assert os.path.basename(bad).split("\n")[0] in err or bad in err or case == "newline_name"
 
 
 @pytest.mark.parametrize("case", ["report", "deep", "too_big", "binary", "nan"])
