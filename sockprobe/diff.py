@@ -167,6 +167,8 @@ class _Shape:
         self.name = _name(path)
 
     def fail(self, where: str, what: str) -> UsageError:
+        where = where if where.isprintable() else repr(where)  # names from the file
+        what = what if what.isprintable() else repr(what)
         return UsageError(f"{self.name}: {where}: {what}" if where else f"{self.name}: {what}")
 
     def obj(self, value: Any, where: str) -> dict[str, Any]:
