@@ -14,6 +14,8 @@ PIP_QUIET := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip 
 # default interpreter's suite in .venv already).
 TEST_ALL_VERSIONS ?= 3.10 3.11 3.12 3.13
 TEST_ALL_EXCEPT   ?=
+#: pytest arguments for each interpreter (default: the whole suite), e.g. tests/test_diff.py
+TEST_ALL_ARGS     ?=
 PYENV_ROOT        ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
 
 .DEFAULT_GOAL := help
@@ -55,7 +57,7 @@ test-all: ## The suite on every CPython 3.10-3.13 found here, each in its own .v
 	     || [ setup.py -nt $$env/.installed-dev ]; then \
 	    PYTHONWARNINGS="ignore:Editable installation" $$env/bin/python -m pip install -q \
 	      --disable-pip-version-check -e '.[dev]' && touch $$env/.installed-dev || exit 1; fi; \
-	  $$env/bin/python -m pytest -q -p no:cacheprovider || failed="$$failed $$v"; \
+	  $$env/bin/python -m pytest -q -p no:cacheprovider $(TEST_ALL_ARGS) || failed="$$failed $$v"; \
 	done; \
 	echo "test-all: $$found interpreter(s) run$${failed:+; failed on:$$failed}"; \
 	[ -z "$$failed" ]
