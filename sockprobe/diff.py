@@ -21,6 +21,7 @@ fingerprint's shape, each failure a UsageError (exit 2) naming the file and what
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -401,6 +402,15 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> Comparison:
             out.differences.append(
                 Difference("probe", name, "", "", "", _outcome(ra), _outcome(rb))
             )
+    # A row that is itself a setting (the kernel probe's table has one per setting) is
+    # explained only by that setting changing, not by another one its probe also read.
+    names = set(a.get(SETTINGS) or {}) | set(b.get(SETTINGS) or {})
+    out.differences = [
+        dataclasses.replace(d, explained_by=(d.row,) if d.row in changed else ())
+        if d.explained_by and d.row in names
+        else d
+        for d in out.differences
+    ]
     return out
 
 

@@ -419,3 +419,25 @@ def test_a_fifo_a_socket_and_dev_zero_are_refused_without_reading(tmp_path):
             r = _run_bounded([good, bad])
             assert r.returncode == 2, r.stderr
             assert r.stdout == "" and len(r.stderr.splitlines()) == 1 and what in r.stderr
+
+
+def _kernel(somaxconn: int, udp_here: str) -> dict[str, Any]:
+    rep = Report("kernel")
+    rep.environment = environment({"net.core.somaxconn": somaxconn, "net.ipv4.udp_mem": "1 2 3"})
+    t = rep.table("settings", "Settings", [col("setting"), col("value"), col("here")])
+    t.add("net.core.somaxconn", somaxconn, f"listen(n) is clamped to {somaxconn}")
+    t.add("net.ipv4.udp_mem", "1 2 3", udp_here)
+    return rep.to_dict()
+
+
+def test_a_row_that_is_a_setting_is_explained_only_by_that_setting(tmp_path):
+    a = fingerprint(kernel=_kernel(4096, "pressure at 2 pages"))
+    b = fingerprint(kernel=_kernel(64, "pressure at 3 pages"))
+    rep = diff.run([write(tmp_path, "a.json", a), write(tmp_path, "b.json", b)])
+    by_row: dict[str, list[str]] = {}
+    for r in rep.get("differences").rows:
+        by_row.setdefault(r["row"], []).append(r["explained_by"])
+    # somaxconn's own row (value and text) is under the setting; udp_mem's is not.
+    assert by_row["net.core.somaxconn"] == ["", "net.core.somaxconn", "net.core.somaxconn"]
+    assert by_row["net.ipv4.udp_mem"] == [""]
+    assert diff.lines(rep)[-1].startswith("kernel > settings > net.ipv4.udp_mem > here")
