@@ -141,6 +141,25 @@ def uses_timestamps(sock: socket.socket) -> bool | None:
     return bool(raw[5] & TCPI_OPT_TIMESTAMPS)
 
 
+def count_time_waits(family: int, ports: set[int]) -> int:
+    """TIME_WAIT sockets whose local and remote ports are both in `ports` (sock_diag, the
+    kernel filtering by state). Raises OSError where sock_diag is unavailable."""
+    from sockprobe.kernel import sockdiag
+
+    found = sockdiag.dump(family, states=1 << 6, meminfo=False)
+    return len({(d.local, d.remote) for d in found if d.local[1] in ports and d.remote[1] in ports})
+
+
+def endpoint_ports(endpoints: list[dict[str, object]]) -> set[int]:
+    """The ports of a report's endpoints ("127.0.0.1:80", "[::1]:80")."""
+    ports: set[int] = set()
+    for ep in endpoints:
+        for key in ("local", "remote"):
+            if key in ep:
+                ports.add(int(str(ep[key]).rsplit(":", 1)[1]))
+    return ports
+
+
 def missing_sysctl_reason(name: str) -> str:
     """Why a sysctl could not be read: a net.* setting that is absent in a network
     namespace other than the initial one may exist only there (tcp_max_orphans does),
