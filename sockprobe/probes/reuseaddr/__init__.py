@@ -21,7 +21,7 @@ FIN; both start first and are read last.
 from __future__ import annotations
 
 from sockprobe import kernel
-from sockprobe.kernel.timewait import TIMEWAIT_LEN_S
+from sockprobe.kernel.timewait import TIMEWAIT_LEN_S, endpoint_ports
 from sockprobe.lab import Lab
 from sockprobe.probes import Stopwatch, plural
 from sockprobe.probes.reuseaddr import (
@@ -122,12 +122,8 @@ def _time_waits_left(ctx: Ctx) -> Cell:
     """TIME_WAIT sockets between two of this run's ports, counted at its end."""
     if not kernel.IS_LINUX:
         return NA("TIME_WAIT sockets are counted with sock_diag or /proc (Linux)")
-    ports: set[int] = set()
-    for ep in ctx.lab.endpoints:
-        for key in ("local", "remote"):
-            if key in ep:
-                ports.add(int(str(ep[key]).rsplit(":", 1)[1]))
-    rows = ctx.watch.rows(ports)
+    ports = endpoint_ports(ctx.lab.endpoints)
+    rows = ctx.watch.rows(ports, whole=True)
     return len({r for r in rows if r.state == TIME_WAIT and r.lport in ports and r.rport in ports})
 
 

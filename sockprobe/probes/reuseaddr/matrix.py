@@ -280,7 +280,8 @@ def findings(report: Report, outcomes: list[Outcome], s: Settings) -> str:
             tw_text = f" ({no_tw_reason(s.max_tw_buckets)})"
         elif tw_counts:
             tw_text = (
-                f" ({'/'.join(map(str, tw_counts))} TIME_WAIT socket(s) on the port"
+                f" ({'/'.join(map(str, tw_counts))} TIME_WAIT "
+                f"socket{'' if tw_counts == [1] else 's'} on the port"
                 + (_span(lefts, " s left") if lefts else "")
                 + ")"
             )

@@ -4,9 +4,10 @@
    FIN_WAIT1 -> CLOSING -> TIME_WAIT (RFC 793 figure 13; tcp_rcv_state_process), so both
    ends hold a TIME_WAIT. On loopback a FIN arrives within microseconds, so the probe
    makes the FINs cross: a `ret #0` socket filter on the server end drops what reaches it
-   while both ends shut down; once it is detached the client's FIN is retransmitted on
-   its RTO (at least 200 ms, TCP_RTO_MIN), which is why this case starts early and is
-   read last.
+   (the client's FIN, then the client's ACK of the server's FIN) while both ends shut
+   down. Once it is detached, the unacknowledged FINs are retransmitted on the RTO (at
+   least 200 ms, TCP_RTO_MIN; tcpdump here: +206 ms), which is why this case starts
+   early and is read last.
 2. An RST ends a TIME_WAIT: the server closed first (its TIME_WAIT on the server's
    port) and no listener is left. A new socket on the old client port sends a SYN;
    tcp_timewait_state_process() answers it with an ACK of the old connection
@@ -102,7 +103,7 @@ def simultaneous_start(ctx: Ctx) -> Simul:
         sim.na = NA(f"cannot attach a socket filter (SO_ATTACH_FILTER): {oserror_name(exc)}")
         return sim
     # The client's FIN is dropped at the server end; the server's FIN reaches the client
-    # in FIN_WAIT1, which moves it to CLOSING: the FINs have crossed.
+    # in FIN_WAIT1, which moves it to CLOSING (its ACK is dropped too): the FINs crossed.
     client.shutdown(socket.SHUT_WR)
     server.shutdown(socket.SHUT_WR)
     sim.mid_states = f"client {sockstate.tcp_state(client)}, server {sockstate.tcp_state(server)}"
@@ -187,11 +188,13 @@ def rst_in_time_wait(ctx: Ctx) -> Case:
             break
         time.sleep(0.001)
     state = sockstate.tcp_state(new)
-    result = (
-        errno_name(soerr) or str(soerr)
-        if soerr
-        else (errno_name(err) if err not in (0, errno.EINPROGRESS) else f"still {state}")
-    )
+    soerr = soerr or new.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if soerr:
+        result = errno_name(soerr) or str(soerr)
+    elif err not in (0, errno.EINPROGRESS):
+        result = errno_name(err) or str(err)
+    else:
+        result = f"still {state}"
     after, _ = _count(ctx, port, cport)
     # Still in SYN_SENT (rfc1337 kept the TIME_WAIT): close() sends nothing from there.
     sockstate.abortive_linger(new)

@@ -284,6 +284,7 @@ def findings(report: Report, tw: TwReuse, s: Settings) -> None:
             report.findings.append(
                 f"bind() + connect() from a port whose TIME_WAIT to the same server was "
                 f"{a.after_s} s old gave {a.result} with tcp_tw_reuse = {s.tw_reuse} "
-                f"(old connection timestamps: {a.timestamps}; TIME_WAIT after: {a.tw_after}): "
+                f"(old connection used timestamps: {'yes' if a.timestamps is True else 'no'}; "
+                f"TIME_WAIT after: {a.tw_after}): "
                 "tcp_tw_reuse does not gate an explicitly bound port."
             )
