@@ -354,3 +354,24 @@ class Lab:
                 if pipe is not None:
                     pipe.close()
         self.processes.clear()
+
+
+#: errnos that mean "this machine cannot run loopback experiments now", not "the probe
+#: found a behaviour": the loopback interface is down or has no route (ENETUNREACH,
+#: EADDRNOTAVAIL on connect), or the process is out of descriptors (EMFILE, ENFILE).
+_CANNOT_RUN = {
+    errno.ENETUNREACH: "the network is unreachable (is the loopback interface down?)",
+    errno.EHOSTUNREACH: "the host is unreachable (is the loopback interface down?)",
+    errno.EADDRNOTAVAIL: "no local address or port is available for a connection",
+    errno.EMFILE: "this process has no file descriptor left (RLIMIT_NOFILE)",
+    errno.ENFILE: "the system has no file descriptor left",
+}
+
+
+def cannot_run(exc: OSError, host: Host) -> Unsupported | None:
+    """The Unsupported (exit 3) that an OSError from setting up a connection on `host`
+    means, naming the cause; None when the error is something else."""
+    why = _CANNOT_RUN.get(exc.errno or 0)
+    if why is None:
+        return None
+    return Unsupported(f"cannot run on {host.address}: {why}: {oserror_text(exc)}")

@@ -246,3 +246,11 @@ def test_netns_tcp_fin_timeout_5_sets_the_orphan_timer_only(netns: Any) -> None:
     assert rows["orphan"]["rule_s"] == 5.0 and abs(rows["orphan"]["left_s"] - 5.0) <= 1.0
     assert rows["half_closed"]["timer"] == "none"
     assert any("tcp_fin_timeout: 5.0 s" in f for f in d["findings"])
+
+
+def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:
+    """With `lo` down the connects fail (ENETUNREACH): no result, exit 3, one line."""
+    code, d, err = netns.sockprobe_json("close", lo_up=False)
+    assert code == 3 and d is None, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ENETUNREACH" in lines[0] and "loopback" in lines[0]

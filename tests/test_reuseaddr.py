@@ -455,3 +455,11 @@ def test_netns_tcp_timestamps_0(ns_runs: dict[str, Doc]) -> None:
     # A new SYN still reopens the server-side TIME_WAIT: its sequence number is later.
     syn = one(d, "time_wait", case="syn_reopens")
     assert syn["result"] == "ok" and syn["tw_server"] == 0 and "sequence number" in syn["why"]
+
+
+def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:
+    """With `lo` down the connects fail (ENETUNREACH): no result, exit 3, one line."""
+    code, d, err = netns.sockprobe_json("reuseaddr", lo_up=False)
+    assert code == 3 and d is None, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ENETUNREACH" in lines[0] and "loopback" in lines[0]

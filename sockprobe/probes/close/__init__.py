@@ -26,7 +26,7 @@ import socket
 
 from sockprobe import kernel
 from sockprobe.kernel.timewait import count_time_waits, endpoint_ports
-from sockprobe.lab import Lab
+from sockprobe.lab import Lab, cannot_run
 from sockprobe.probes import Stopwatch, plural
 from sockprobe.probes.close import (
     eof,
@@ -60,18 +60,27 @@ def run(params: Params) -> Report:
     )
     steps: list[Step] = []
     closers: list[Closer] = []
-    with Lab(host, deadline) as lab:
-        stalled = leftovers.start(lab)
-        eof.measure(lab, steps, closers)
-        reset.measure(lab, steps, closers)
-        half_close.measure(lab, steps, closers)
-        fw2 = half_close.fin_wait2(lab)
-        shared_rows = [shared.dup(lab), shared.fork_child(lab)]
-        linger_rows = [lingering.measure(lab, c) for c in ("close_unread", "shutdown_drain_close")]
-        in_here = sigpipe.here()
-        in_child = sigpipe.child(lab)
-        left = leftovers.measure(lab, stalled)
-        report.endpoints = lab.endpoints
+    try:
+        with Lab(host, deadline) as lab:
+            stalled = leftovers.start(lab)
+            eof.measure(lab, steps, closers)
+            reset.measure(lab, steps, closers)
+            half_close.measure(lab, steps, closers)
+            fw2 = half_close.fin_wait2(lab)
+            shared_rows = [shared.dup(lab), shared.fork_child(lab)]
+            linger_rows = [
+                lingering.measure(lab, c) for c in ("close_unread", "shutdown_drain_close")
+            ]
+            in_here = sigpipe.here()
+            in_child = sigpipe.child(lab)
+            left = leftovers.measure(lab, stalled)
+            report.endpoints = lab.endpoints
+    except OSError as exc:
+        # A loopback that cannot connect (lo down, no descriptors) is not a result.
+        reason = cannot_run(exc, host)
+        if reason is None:
+            raise
+        raise reason from None
     tw_left = _time_waits_left(report)
 
     steps_table(report, steps)

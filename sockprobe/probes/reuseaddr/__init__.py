@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from sockprobe import kernel
 from sockprobe.kernel.timewait import TIMEWAIT_LEN_S, endpoint_ports
-from sockprobe.lab import Lab
+from sockprobe.lab import Lab, cannot_run
 from sockprobe.probes import Stopwatch, plural
 from sockprobe.probes.reuseaddr import (
     matrix,
@@ -50,31 +50,38 @@ def run(params: Params) -> Report:
         environment=environment(kernel.sysctls(SYSCTLS)),
     )
     settings = Settings.read(host)
-    with Lab(host, deadline) as lab:
-        proto = "tcp6" if host.is_v6 else "tcp"
-        ctx = Ctx(lab, host, proto, Watch(host.family, proto), settings)
-        # Started first: the tcp_tw_reuse retry waits tcp_tw_reuse_delay and the crossed
-        # FINs wait one RTO; the rest of the probe runs in that time.
-        tw = tw_reuse.start(ctx)
-        sim = timewait.simultaneous_start(ctx)
-        outcomes = [matrix.measure(ctx, i, sc) for i, sc in enumerate(matrix.MATRIX, 1)]
-        wild = [wildcard.measure(ctx, order, True) for order in wildcard.ORDERS] + [
-            wildcard.measure(ctx, "wildcard_first", False)
-        ]
-        v6 = [v6only.measure(ctx, s, params.wildcard_listen) for s in v6only.SETTINGS]
-        timer_rows = timers.measure(ctx)
-        cases = [timewait.rst_in_time_wait(ctx), timewait.syn_reopens(ctx)]
-        group, group_na = reuseport.restart(ctx, params.clients)
-        users = reuseport.same_user(ctx)
-        cases.insert(0, timewait.simultaneous_finish(ctx, sim))
-        tw_reuse.finish(ctx, tw)
-        waited = None
-        if params.wait:
-            target = wait.target(outcomes)
-            if target is not None:
-                waited = wait.wait_out(ctx, target, params.progress)
-        left = _time_waits_left(ctx)
-        report.endpoints = lab.endpoints
+    try:
+        with Lab(host, deadline) as lab:
+            proto = "tcp6" if host.is_v6 else "tcp"
+            ctx = Ctx(lab, host, proto, Watch(host.family, proto), settings)
+            # Started first: the tcp_tw_reuse retry waits tcp_tw_reuse_delay and the crossed
+            # FINs wait one RTO; the rest of the probe runs in that time.
+            tw = tw_reuse.start(ctx)
+            sim = timewait.simultaneous_start(ctx)
+            outcomes = [matrix.measure(ctx, i, sc) for i, sc in enumerate(matrix.MATRIX, 1)]
+            wild = [wildcard.measure(ctx, order, True) for order in wildcard.ORDERS] + [
+                wildcard.measure(ctx, "wildcard_first", False)
+            ]
+            v6 = [v6only.measure(ctx, s, params.wildcard_listen) for s in v6only.SETTINGS]
+            timer_rows = timers.measure(ctx)
+            cases = [timewait.rst_in_time_wait(ctx), timewait.syn_reopens(ctx)]
+            group, group_na = reuseport.restart(ctx, params.clients)
+            users = reuseport.same_user(ctx)
+            cases.insert(0, timewait.simultaneous_finish(ctx, sim))
+            tw_reuse.finish(ctx, tw)
+            waited = None
+            if params.wait:
+                target = wait.target(outcomes)
+                if target is not None:
+                    waited = wait.wait_out(ctx, target, params.progress)
+            left = _time_waits_left(ctx)
+            report.endpoints = lab.endpoints
+    except OSError as exc:
+        # A loopback that cannot connect (lo down, no descriptors) is not a result.
+        reason = cannot_run(exc, host)
+        if reason is None:
+            raise
+        raise reason from None
 
     matrix.table(report, outcomes, settings, host.address)
     wildcard.table(report, wild)
