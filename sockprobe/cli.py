@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import importlib
 import os
+import re
 import signal
 import sys
 import traceback
@@ -49,6 +50,10 @@ class _Parser(argparse.ArgumentParser):
         if message:
             raise _Usage(message.strip())
         raise _HelpShown(status)
+
+
+class _StdoutGone(Exception):
+    """The reader of stdout went away (EPIPE on our output, not on a probe's socket)."""
 
 
 class _HelpShown(Exception):
@@ -96,6 +101,12 @@ def _commands() -> list[Command]:
             "What differs between hosts' fingerprints (a fleet: grouped by behaviour)?",
             None,
             ("sockprobe diff a.json b.json", "sockprobe diff hosts/*.json"),
+        ),
+        Command(
+            "serve",
+            "Run the server halves of experiments for a probe on another host (--peer).",
+            None,
+            ("sockprobe serve --bind 192.0.2.10", "sockprobe serve --once --token SECRET"),
         ),
         Command("docs", "The documents, from the installed tool.", None, ("sockprobe docs nagle",)),
         Command(
@@ -190,7 +201,10 @@ def _default_text(value: Any) -> str:
 
 class _Append(argparse.Action):
     """A repeatable option that also takes comma lists; the first use replaces the
-    default."""
+    default. Each item is converted and checked here (argparse would see '0,8' whole)."""
+
+    convert: Callable[[str], Any] = str
+    allowed: tuple[Any, ...] | None = None
 
     def __call__(
         self,
@@ -201,19 +215,25 @@ class _Append(argparse.Action):
     ) -> None:
         seen = getattr(namespace, "_seen_" + self.dest, False)
         current = list(getattr(namespace, self.dest)) if seen else []
-        conv = self.type if callable(self.type) else str
         for part in str(values).split(","):
             part = part.strip()
             if not part:
                 continue
-            item = conv(part)
-            if self.choices is not None and item not in self.choices:
+            try:
+                item = self.convert(part)
+            except argparse.ArgumentTypeError as exc:
+                raise _Usage(str(exc)) from None
+            if self.allowed is not None and item not in self.allowed:
                 raise _Usage(
-                    f"{option_string} {part!r}: choose from {', '.join(map(str, self.choices))}"
+                    f"{option_string} {part!r}: choose from {', '.join(map(str, self.allowed))}"
                 )
             current.append(item)
         setattr(namespace, self.dest, tuple(current))
         setattr(namespace, "_seen_" + self.dest, True)
+
+
+def _append(convert: Callable[[str], Any], allowed: tuple[Any, ...] | None) -> type[_Append]:
+    return type("_AppendItems", (_Append,), {"convert": staticmethod(convert), "allowed": allowed})
 
 
 def add_params(parser: argparse.ArgumentParser, params_cls: type) -> list[str]:
@@ -257,9 +277,7 @@ def add_params(parser: argparse.ArgumentParser, params_cls: type) -> list[str]:
             parser.add_argument(
                 *flags,
                 dest=f.name,
-                action=_Append,
-                type=_converter(item, flag),
-                choices=spec.choices if spec is not None else None,
+                action=_append(_converter(item, flag), spec.choices if spec is not None else None),
                 default=default,
                 metavar=_metavar(item, spec, f.name.rstrip("s")),
                 help=f"{help_text} Repeatable, or a comma list (default: "
@@ -337,12 +355,29 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
         description=cmd.question,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations: a script's `--back` must not change meaning when an option
+        # that shares the prefix is added.
+        allow_abbrev=False,
     )
     params_cls: type | None = None
     names: list[str] = []
     if cmd.params_module is not None:
         params_cls = _params_class(cmd.params_module)
         names = add_params(parser, params_cls)
+        from sockprobe.peer.runner import peer_probes
+
+        if cmd.name in peer_probes():
+            two = parser.add_argument_group("two hosts")
+            two.add_argument(
+                "--peer",
+                metavar="HOST:PORT",
+                help="Run the experiments across the path to a `sockprobe serve` agent there.",
+            )
+            two.add_argument(
+                "--token",
+                metavar="TOKEN",
+                help="The agent's token (default: $SOCKPROBE_TOKEN).",
+            )
     elif cmd.name == "all":
         parser.add_argument(
             "--host",
@@ -363,19 +398,53 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
         )
         parser.add_argument(
             "--only",
-            action=_Append,
+            action=_append(str, None),
             default=None,
-            type=str,
             metavar="PROBE",
             help="Run only these probes. Repeatable, or a comma list.",
         )
     elif cmd.name == "diff":
         parser.add_argument("paths", nargs="+", metavar="FILE", help="Fingerprints or reports.")
+    elif cmd.name == "serve":
+        from sockprobe.peer.protocol import DEFAULT_PORT
+
+        parser.add_argument(
+            "--bind",
+            default="127.0.0.1",
+            metavar="ADDRESS",
+            help="Local address to listen on (default: 127.0.0.1; a wildcard needs "
+            "--allow-wildcard).",
+        )
+        parser.add_argument(
+            "--port",
+            type=_converter(int, "--port"),
+            default=DEFAULT_PORT,
+            metavar="PORT",
+            help=f"Control port (default: {DEFAULT_PORT}; 0 takes any free port, named in "
+            "the first line printed).",
+        )
+        parser.add_argument(
+            "--token", metavar="TOKEN", help="The controllers' token (default: a random one)."
+        )
+        parser.add_argument("--once", action="store_true", help="Exit after one controller.")
+        parser.add_argument(
+            "--idle-timeout",
+            type=_converter(float, "--idle-timeout"),
+            default=600.0,
+            metavar="SECONDS",
+            help="Exit after this long without a controller (default: 600).",
+        )
+        parser.add_argument(
+            "--allow-wildcard",
+            action="store_true",
+            help="Allow --bind 0.0.0.0 or :: (every interface).",
+        )
+        parser.add_argument("--debug", action="store_true", help="Show tracebacks on errors.")
     elif cmd.name == "docs":
         parser.add_argument("topic", nargs="?", help="A document (default: list them).")
     elif cmd.name == "completion":
         parser.add_argument("shell", choices=("bash", "zsh"), help="The shell.")
-    if cmd.name not in ("docs", "completion"):
+    if cmd.name not in ("docs", "completion", "serve"):
         _output_options(parser)
     return parser, params_cls, names
 
@@ -423,7 +492,7 @@ class Output:
             self.out.write(text)
             self.out.flush()
         except BrokenPipeError:
-            raise
+            raise _StdoutGone() from None
         except OSError as exc:
             from sockprobe.status import oserror_text
 
@@ -459,12 +528,21 @@ def _run_probe(
 ) -> int:
     from sockprobe.probes import load
 
+    if getattr(ns, "token", None) and not getattr(ns, "peer", None):
+        raise UsageError("--token goes with --peer")
     kwargs = {n: getattr(ns, n) for n in names}
     if "progress" in {f.name for f in dataclasses.fields(params_cls)} and io.progress_ok():
         kwargs["progress"] = _progress_line(io)
     params = params_cls(**kwargs)
-    module = load(cmd.name)
-    report = module.run(params)
+    if getattr(ns, "peer", None):
+        from sockprobe.peer import runner
+
+        token = ns.token or os.environ.get("SOCKPROBE_TOKEN")
+        if not token:
+            raise UsageError("--peer needs the agent's token: --token T or $SOCKPROBE_TOKEN")
+        report = runner.run(cmd.name, params, ns.peer, token, float(params.deadline))
+    else:
+        report = load(cmd.name).run(params)
     io.write(_render(report, ns, io))
     return int(getattr(report, "exit_status", 0) or 0)
 
@@ -520,8 +598,10 @@ def _run_all(ns: argparse.Namespace, io: Output) -> int:
         io.write(json.dumps(fp.to_dict(), indent=2) + "\n")
     else:
         head = fp.summary_report()
-        reports = [head] if ns.summary else [head, *fp.reports]
-        io.write(_render(reports, ns, io, brief=not (ns.full or ns.summary), first_full=True))
+        # The one-screen answer by default: the summary, whose answer column is each
+        # probe's headline; --full adds every probe's findings and tables.
+        reports = [head, *fp.reports] if ns.full else [head]
+        io.write(_render(reports, ns, io))
     return int(ExitStatus.FAILURE) if fp.failed else 0
 
 
@@ -531,6 +611,32 @@ def _run_diff(ns: argparse.Namespace, io: Output) -> int:
     report = diff.run(list(ns.paths))
     io.write(_render(report, ns, io))
     return int(getattr(report, "exit_status", 0) or 0)
+
+
+def _run_serve(ns: argparse.Namespace, io: Output) -> int:
+    from sockprobe.peer.agent import ServeParams, serve
+
+    if not (0 <= ns.port <= 65535):
+        raise UsageError(f"--port must be 1..65535 (0: any free port), not {ns.port}")
+    if not (0 < ns.idle_timeout <= 86_400):
+        raise UsageError("--idle-timeout must be 0 to 86400 seconds")
+    if ns.token is not None and not (8 <= len(ns.token) <= 256 and ns.token.isprintable()):
+        raise UsageError("--token must be 8 to 256 printable characters")
+    p = ServeParams(
+        bind=ns.bind,
+        port=ns.port,
+        token=ns.token,
+        once=ns.once,
+        idle_timeout=ns.idle_timeout,
+        allow_wildcard=ns.allow_wildcard,
+    )
+
+    def log(line: str) -> None:
+        if io.err is not None:
+            io.err.write(f"sockprobe serve: {line}\n")
+            io.err.flush()
+
+    return serve(p, log, io.write)
 
 
 def _run_docs(ns: argparse.Namespace, io: Output) -> int:
@@ -637,6 +743,8 @@ def _dispatch(argv: list[str], io: Output) -> int:
         return 0
     if cmd.name == "docs":
         return _run_docs(ns, io)
+    if cmd.name == "serve":
+        return _run_serve(ns, io)
     if ns.format == "csv" and getattr(ns, "table", None) is None:
         pass
     if cmd.name == "all":
@@ -664,6 +772,8 @@ def main(
     debug = "--debug" in args
 
     def say(message: str) -> None:
+        # One line, and a readable one: a 5,000-digit argument is shown by its start.
+        message = re.sub(r"\S{60,}", lambda m: m.group(0)[:40] + "...", message.replace("\n", " "))
         if io.err is not None:
             try:
                 io.err.write(f"{PROG}: {message}\n")
@@ -679,7 +789,7 @@ def main(
     except _Usage as exc:
         say(f"error: {str(exc).removeprefix(PROG + ': ')}")
         return int(ExitStatus.USAGE)
-    except BrokenPipeError:
+    except _StdoutGone:
         # The reader went away (`sockprobe all | head`): nothing left to say to it. Point
         # stdout at /dev/null so the interpreter's final flush does not fail again.
         try:

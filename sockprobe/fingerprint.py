@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sockprobe.probes import PROBES, load
-from sockprobe.report import EXACT, SCHEMA_VERSION, VOLATILE, Report, col, environment
+from sockprobe.report import SCHEMA_VERSION, VOLATILE, Report, col, environment
 from sockprobe.status import ExitStatus, classify
 
 FINGERPRINT_KIND = "sockprobe-fingerprint"
@@ -63,27 +63,25 @@ class Fingerprint:
         rep = Report("all", params={})
         t = rep.table(
             "summary",
-            "Summary: every probe with its defaults",
+            "Every probe with its defaults (one probe's tables: sockprobe PROBE; all of "
+            "them: sockprobe all --full; the fingerprint: --json)",
             [
                 col("probe"),
+                # "ok", or the exit status the probe alone would have ended with.
                 col("status"),
-                col("exit", "exit", "", EXACT),
-                col("duration_s", "time", "s", VOLATILE),
+                col("duration_s", "s", kind=VOLATILE),
                 col("answer", kind=VOLATILE),
             ],
         )
         for o in self.outcomes:
             if o.report is not None:
-                t.add(o.name, "ok", 0, round(o.duration_s, 2), o.report.summary)
+                t.add(o.name, "ok", round(o.duration_s, 2), o.report.summary)
             else:
-                t.add(o.name, "could not run", int(o.status), round(o.duration_s, 2), o.error)
+                t.add(o.name, f"exit {int(o.status)}", round(o.duration_s, 2), o.error)
         ran = len(self.outcomes) - len(self.failed)
         rep.summary = f"{ran} of {len(self.outcomes)} probes ran in {self.duration_s:.1f} s"
         rep.findings = [f"{o.name} could not run: {o.error}" for o in self.failed]
-        rep.findings.append(
-            "Each probe's tables: sockprobe PROBE (with --explain for how it works); every "
-            "table of every probe: sockprobe all --full; the fingerprint: sockprobe all --json."
-        )
+
         rep.environment = environment()
         rep.duration_s = self.duration_s
         return rep

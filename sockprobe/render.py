@@ -39,9 +39,6 @@ class RenderOptions:
     unicode: bool = True
     #: csv: a table id ("wwr", or "nagle.wwr" across reports), or "all" (long form).
     table: str | None = None
-    #: `sockprobe all`: headlines and findings, no tables, except for the first report.
-    brief: bool = False
-    first_full: bool = False
     #: Top-level JSON members beside the report's own (port's `free` and `holders`).
     extra: dict[str, Any] | None = None
 
@@ -60,11 +57,7 @@ def render_many(reports: Sequence[Report], opts: RenderOptions | None = None) ->
     if opts.fmt == "csv":
         return _csv(reports, opts.table)
     if opts.fmt in ("table", "markdown"):
-        parts = []
-        for i, r in enumerate(reports):
-            brief = opts.brief and not (opts.first_full and i == 0)
-            parts.append(_text(r, opts, markdown=opts.fmt == "markdown", brief=brief))
-        return "\n".join(parts)
+        return "\n".join(_text(r, opts, markdown=opts.fmt == "markdown") for r in reports)
     raise ValueError(f"unknown format {opts.fmt!r}")
 
 
@@ -123,7 +116,7 @@ def _wrap(text: str, width: int | None, indent: str = "", first: str = "") -> li
     ) or [first]
 
 
-def _text(report: Report, opts: RenderOptions, markdown: bool, brief: bool) -> str:
+def _text(report: Report, opts: RenderOptions, markdown: bool) -> str:
     out: list[str] = []
     w = None if markdown else opts.width
     h = "## " if markdown else ""
@@ -136,8 +129,6 @@ def _text(report: Report, opts: RenderOptions, markdown: bool, brief: bool) -> s
         for f in report.findings:
             out += _wrap(f, w, indent="  ", first="- ")
         out.append("")
-    if brief:
-        return "\n".join(out)
     if opts.charts and not markdown and report.charts:
         for chart in report.charts:
             out += _chart(chart, opts)

@@ -128,9 +128,12 @@ class ProbeParams:
         return host, Deadline(self.deadline)
 
 
-def plural(n: int, word: str) -> str:
-    """plural(1, "connect") -> "1 connect"; plural(3, "connect") -> "3 connects"."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """plural(1, "connect") -> "1 connect"; plural(3, "connect") -> "3 connects";
+    plural(1, "SYN was", "SYNs were") -> "1 SYN was"."""
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {many}" if many is not None else f"{n} {word}s"
 
 
 def require(condition: bool, message: str) -> None:
