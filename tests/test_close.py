@@ -245,7 +245,19 @@ def test_netns_tcp_fin_timeout_5_sets_the_orphan_timer_only(netns: Any) -> None:
     rows = {r["case"]: r for r in next(t for t in d["tables"] if t["id"] == "fin_wait2")["rows"]}
     assert rows["orphan"]["rule_s"] == 5.0 and abs(rows["orphan"]["left_s"] - 5.0) <= 1.0
     assert rows["half_closed"]["timer"] == "none"
-    assert any("tcp_fin_timeout: 5.0 s" in f for f in d["findings"])
+    assert any("tcp_fin_timeout = 5: 5.0 s)" in f for f in d["findings"])
+
+
+def test_netns_tcp_fin_timeout_90_keeps_the_orphan_on_a_keepalive_timer_first(netns: Any) -> None:
+    """Above 60 s the orphan's first timer is a keepalive for (timeout - 60 s), as the
+    rule states; the rest is spent as a FIN_WAIT2 timewait socket."""
+    code, d, err = netns.sockprobe_json("close", sysctls={"net.ipv4.tcp_fin_timeout": 90})
+    assert code == 0 and d is not None, err
+    rows = {r["case"]: r for r in next(t for t in d["tables"] if t["id"] == "fin_wait2")["rows"]}
+    orphan = rows["orphan"]
+    assert orphan["timer"] == "keepalive" and orphan["rule_s"] == 30.0
+    assert abs(orphan["left_s"] - 30.0) <= 1.0
+    assert any("= 90: 30.0 s, then 60 s as a FIN_WAIT2 timewait socket" in f for f in d["findings"])
 
 
 def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:

@@ -145,7 +145,7 @@ def fin_wait2_table(report: Report, rows: list[Fw2Row]) -> None:
             col("state"),
             col("timer", "timer (sock_diag)"),
             col("left_s", "timer left", "s", VOLATILE),
-            col("rule_s", "kernel rule", "s"),
+            col("rule_s", "first timer (kernel rule)", "s"),
         ],
         keys=["case"],
     )
@@ -164,10 +164,15 @@ def findings(report: Report, steps: list[Step], fw2: list[Fw2Row]) -> None:
         )
     by = {r.case: r for r in fw2}
     half, orphan = by.get("half_closed"), by.get("orphan")
+    fin = kernel.sysctl_int("net.ipv4.tcp_fin_timeout")
+    # Above TCP_TIMEWAIT_LEN the first timer is a keepalive for (timeout - 60 s); a
+    # FIN_WAIT2 timewait socket then holds the rest (tcp_rcv_state_process).
+    then = ", then 60 s as a FIN_WAIT2 timewait socket" if fin is not None and fin > 60 else ""
     if half is not None and orphan is not None and not isinstance(half.state, NA):
         report.findings.append(
             f"A half-closed socket with its fd open sat in {half.state} with timer "
             f"{half.timer} (it stays until the peer closes or the program does); the same "
             f"end after close() was an orphan in {orphan.state} with timer {orphan.timer}, "
-            f"{orphan.left_s} s left (the kernel's rule from tcp_fin_timeout: {orphan.rule_s} s)."
+            f"{orphan.left_s} s left (the kernel's rule from tcp_fin_timeout = {fin}: "
+            f"{orphan.rule_s} s{then})."
         )
