@@ -233,6 +233,8 @@ def _fit_table(table: Table, width: int | None) -> list[str]:
         gap = GAP if sum(floors) + GAP * (len(widths) - 1) <= width else 1
         budget = width - gap * (len(widths) - 1)
         if sum(floors) > budget:
+            if table.line is not None:
+                return [x for r in table.rows for x in _wrap(table.line(r), width, "    ")]
             return _records(table, heads, cells, width)
         while sum(widths) > budget:
             # A character from the widest column that can still give one.

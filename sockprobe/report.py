@@ -13,7 +13,8 @@ Each column has a `kind` that tells `sockprobe diff` how to compare it:
 - `exact`: behaviour (errno names, admitted counts, settings): must match;
 - `volatile`: timing and load (durations, segment counts): compared with a tolerance;
 - `context`: namespace-wide counter deltas, values that measure the scheduler: never
-  compared.
+  compared. A table whose key columns are context (this host's current destinations,
+  its processes) is a snapshot of the host, and diff skips it whole.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -99,6 +100,9 @@ class Table:
     #: A table of per-event detail (one row per round, per call): always in JSON and
     #: CSV, in the table format only with --explain, so the first screen stays short.
     detail: bool = False
+    #: One line per row for a terminal too narrow for the columns (diff: "setting
+    #: net.core.somaxconn: 4096 -> 64"); None: the row becomes a record instead.
+    line: Callable[[Row], str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.id):
