@@ -266,6 +266,28 @@ class Report:
         }
 
 
+def report_from_dict(doc: dict[str, Any]) -> Report:
+    """The Report a schema-2 document describes (what `sockprobe PROBE --json` printed);
+    charts are not in JSON and come back empty."""
+    rep = Report(
+        str(doc["probe"]),
+        summary=str(doc.get("summary", "")),
+        params=dict(doc.get("params") or {}),
+        environment=dict(doc.get("environment") or {}),
+        endpoints=list(doc.get("endpoints") or []),
+        findings=list(doc.get("findings") or []),
+        notes=list(doc.get("notes") or []),
+        duration_s=float(doc.get("duration_s") or 0.0),
+    )
+    for t in doc.get("tables") or []:
+        cols = [Column(c["key"], c["label"], c.get("unit", ""), c["kind"]) for c in t["columns"]]
+        table = rep.table(t["id"], t["title"], cols, t.get("keys") or ())
+        for r in t["rows"]:
+            na = r.get("na") or {}
+            table.rows.append({c.key: NA(na[c.key]) if c.key in na else r.get(c.key) for c in cols})
+    return rep
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, NA):
         return None

@@ -17,8 +17,12 @@ MAX_CLIENTS = 64
 class Params(ProbeParams):
     wait: bool = option(
         False,
-        "Then wait a server-side TIME_WAIT out (about 60 s; give --deadline 90) and bind "
-        "the port with no option.",
+        "Then wait a server-side TIME_WAIT out (about 60 s; the deadline becomes 120 s "
+        "unless given) and bind the port with no option.",
+    )
+    #: None: 30 s, or 120 s with --wait (a TIME_WAIT lasts 60 s, TCP_TIMEWAIT_LEN).
+    deadline: float = option(
+        None, "Hard bound on the whole probe (default: 30; 120 with --wait).", metavar="SECONDS"
     )
     wildcard_listen: bool = option(
         False,
@@ -38,6 +42,8 @@ class Params(ProbeParams):
     )
 
     def __post_init__(self) -> None:
+        if self.deadline is None:
+            object.__setattr__(self, "deadline", 120.0 if self.wait else 30.0)
         super().__post_init__()
         require(
             isinstance(self.clients, int) and 1 <= self.clients <= MAX_CLIENTS,
