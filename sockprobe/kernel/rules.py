@@ -220,6 +220,10 @@ def duration(s: float) -> str:
     return text
 
 
+def _count(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
 def _times(ts: tuple[float, ...]) -> str:
     return ", ".join(f"{t:g}" for t in ts)
 
@@ -229,7 +233,7 @@ def _rto(s: Settings) -> tuple[float, str]:
         return s.rto_s, f"the {s.rto_s * 1000:g} ms RTO measured on loopback now"
     floor = s.int("net.ipv4.tcp_rto_min_us")
     rto = floor / 1e6 if floor else TCP_RTO_MIN_S
-    return rto, f"the RTO at its {rto * 1000:g} ms floor (as on loopback)"
+    return rto, f"the RTO at its {rto * 1000:g} ms floor as on loopback"
 
 
 def _rto_max(s: Settings) -> float:
@@ -332,7 +336,7 @@ def tcp_syn_retries(s: Settings) -> str:
     linear = f" and tcp_syn_linear_timeouts {lin}" if lin is not None else " (no linear timeouts)"
     return (
         f"a time budget of {duration(budget)} from the first SYN, with initial RTO 1 s{linear}: "
-        f"an unanswered connect() retransmits {sch.retransmissions} times (at "
+        f"an unanswered connect() retransmits {_count(sch.retransmissions)} (at "
         f"{_times(sch.sends)} s) and fails with ETIMEDOUT at {duration(sch.gives_up_s)}"
     )
 
@@ -460,11 +464,13 @@ def tcp_fin_timeout(s: Settings) -> str:
     v = _need(s.int("net.ipv4.tcp_fin_timeout"))
     rto, where = _rto(s)
     fw = fin_wait2(v, rto)
-    floor = 3.5 * rto
-    if v < floor:
-        head = f"raised to 3.5 x RTO = {duration(fw.fin_time_s)} (with {where})"
+    if v < 3.5 * rto:
+        head = (
+            f"{duration(fw.fin_time_s)}: tcp_fin_timeout {v} s raised to 3.5 x RTO = "
+            f"{duration(fw.fin_time_s)}, with {where}"
+        )
     else:
-        head = f"{duration(fw.fin_time_s)}"
+        head = duration(fw.fin_time_s)
     if fw.keepalive_s:
         return (
             f"an orphaned FIN_WAIT2 socket lives {duration(fw.total_s)}, not {v} s: "

@@ -90,7 +90,7 @@ def _tw_count(lab: Lab) -> int:
 def _no_minisocket(st: rules.Settings, lab: Lab, kind: str) -> str:
     cap = st.int("net.ipv4.tcp_max_tw_buckets")
     if cap == 0:
-        return f"tcp_max_tw_buckets is 0: no {kind} mini-socket is created, the socket was freed"
+        return f"tcp_max_tw_buckets is 0: no {kind} socket is created, the socket was freed"
     if cap is not None and _tw_count(lab) >= cap:
         return (
             f"tcp_max_tw_buckets is {cap:,} and this namespace already holds that many "
