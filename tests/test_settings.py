@@ -238,8 +238,9 @@ def test_fin_wait2_above_60_is_two_phases() -> None:
 
 
 def test_retries2_default_is_about_15_minutes() -> None:
+    # The budget, 924.6 s, counts from the first timeout retransmission (0.2 s).
     s = rules.retransmit_schedule(15, 0.2)
-    assert s.retransmissions == 15 and s.gives_up_s == pytest.approx(924.6)
+    assert s.retransmissions == 15 and s.gives_up_s == pytest.approx(924.8, rel=0.002)
 
 
 # -- namespaces with the settings changed --------------------------------------------------------
@@ -333,6 +334,57 @@ st = rules.Settings(table.raw_settings())
 print(json.dumps({{"got": got, "here": rules.here("net.ipv4.tcp_abort_on_overflow", st)}}))
 """
 
+#: A peer that goes silent (tests/blackhole.py): A's frames to it vanish on the wire.
+#: `mode` retries2: send 100 B and wait for ETIMEDOUT, noting each retransmission;
+#: keepalive: SO_KEEPALIVE on an idle connection; orphan: send, close(), and time how
+#: long the orphan stays in /proc/net/tcp. tcp_early_retrans=0 turns off the tail loss
+#: probe, which would add one probe before the first timeout (tcp_schedule_loss_probe).
+SILENT = r"""
+import json, socket, sys, time
+sys.path.insert(0, "tests")
+import blackhole
+from sockprobe import kernel
+from sockprobe.kernel import rules
+from sockprobe.probes.settings import table
+mode = "{mode}"
+with blackhole.peer() as p:
+    c = socket.create_connection((p.addr, p.port), timeout=2)
+    rto = kernel.tcp_info(c).rto_us / 1e6
+    port = c.getsockname()[1]
+    if mode == "keepalive":
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    t0 = time.monotonic()
+    p.cut()
+    sends, last, when, err = [], 0, None, 0
+    if mode != "keepalive":
+        c.send(b"x" * 100)
+    if mode == "orphan":
+        c.close()
+        while time.monotonic() - t0 < 20:
+            if not [r for r in kernel.proc_net_sockets("tcp", port) if r.remote[1] == p.port]:
+                when = time.monotonic() - t0
+                break
+            time.sleep(0.005)
+    else:
+        c.setblocking(False)
+        while time.monotonic() - t0 < 20:
+            err = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                when = time.monotonic() - t0
+                break
+            n = kernel.tcp_info(c).total_retrans
+            if n != last:
+                last = n
+                sends.append(time.monotonic() - t0)
+            time.sleep(0.002)
+        c.close()
+st = rules.Settings(table.raw_settings(), rto_s=rto)
+names = ("net.ipv4.tcp_retries2", "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_orphan_retries")
+print(json.dumps({{"rto": rto, "sends": sends, "err": err, "when": when,
+                  "here": {{n: rules.here(n, st) for n in names}}}}))
+"""
+NO_TLP_1S_RTO = {"net.ipv4.tcp_early_retrans": 0, "net.ipv4.tcp_rto_min_us": 1000000}
+
 #: Settings changed together for one probe run: each shows in a different check.
 CHANGED = {
     "net.ipv4.tcp_congestion_control": "reno",
@@ -376,6 +428,24 @@ CASES: dict[str, dict[str, Any]] = {
     "somaxconn_4": dict(code=ADMIT.format(), sysctls={"net.core.somaxconn": 4}),
     "abort_on_overflow_1": dict(code=ABORT.format(), sysctls={"net.ipv4.tcp_abort_on_overflow": 1}),
     "changed": dict(code=PROBE.format(follow=False, deadline=20), sysctls=CHANGED),
+    "retries2_3": dict(
+        code=SILENT.format(mode="retries2"), sysctls={"net.ipv4.tcp_retries2": 3, **NO_TLP_1S_RTO}
+    ),
+    "retries2_2": dict(
+        code=SILENT.format(mode="retries2"), sysctls={"net.ipv4.tcp_retries2": 2, **NO_TLP_1S_RTO}
+    ),
+    "keepalive_1_1_2": dict(
+        code=SILENT.format(mode="keepalive"),
+        sysctls={
+            "net.ipv4.tcp_keepalive_time": 1,
+            "net.ipv4.tcp_keepalive_intvl": 1,
+            "net.ipv4.tcp_keepalive_probes": 2,
+        },
+    ),
+    "orphan_1": dict(
+        code=SILENT.format(mode="orphan"),
+        sysctls={"net.ipv4.tcp_orphan_retries": 1, **NO_TLP_1S_RTO},
+    ),
 }
 
 
@@ -578,3 +648,40 @@ def test_unix_dgram_rule_names_its_exception() -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize(("case", "retries"), [("retries2_3", 3), ("retries2_2", 2)])
+def test_ns_retries2_is_a_time_budget(ns: dict[str, Any], case: str, retries: int) -> None:
+    # RTO 1 s (tcp_rto_min_us) against a budget built from 200 ms: tcp_retries2 3 gives 2
+    # retransmissions, not 3; 2 gives 1. Both cases end far from a timer's slack.
+    got = ns[case]
+    stated = rules.retransmit_schedule(retries, got["rto"])
+    late = rules.retransmit_schedule(retries, got["rto"], late=rules.LATE_MAX)
+    assert stated.retransmissions == late.retransmissions  # no timer slack can change it
+    assert got["err"] == 110, got  # ETIMEDOUT
+    assert len(got["sends"]) == stated.retransmissions < retries, got
+    for m, s in zip(got["sends"], stated.sends):
+        assert s * 0.99 <= m <= s * rules.LATE_MAX + 0.05, (got, stated)
+    assert stated.gives_up_s * 0.99 <= got["when"] <= stated.gives_up_s * rules.LATE_MAX + 0.1
+    here = got["here"]["net.ipv4.tcp_retries2"]
+    assert f"after {stated.retransmissions} retransmission" in here, here
+
+
+def test_ns_keepalive_detects_a_silent_peer_at_time_plus_probes_x_intvl(
+    ns: dict[str, Any],
+) -> None:
+    got = ns["keepalive_1_1_2"]
+    stated = rules.keepalive_dead_after(1, 1, 2)
+    assert got["err"] == 110, got
+    assert stated - 0.05 <= got["when"] <= stated * rules.LATE_MAX + 0.1, got
+    assert (
+        f"ETIMEDOUT {stated} s after the last data" in got["here"]["net.ipv4.tcp_keepalive_probes"]
+    )
+
+
+def test_ns_orphan_retries_bounds_a_closed_socket(ns: dict[str, Any]) -> None:
+    got = ns["orphan_1"]
+    stated = rules.retransmit_schedule(rules.orphan_retries(1, got["rto"]), got["rto"])
+    assert got["when"] is not None, got
+    assert stated.gives_up_s * 0.99 <= got["when"] <= stated.gives_up_s * rules.LATE_MAX + 0.1
+    assert "uses 1 instead of tcp_retries2" in got["here"]["net.ipv4.tcp_orphan_retries"]

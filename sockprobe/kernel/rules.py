@@ -141,25 +141,57 @@ def syn_schedule(
             cur = min(cur * 2, rto_max)
 
 
+#: Linux timers never fire early and usually a little late: jiffies, and the timer wheel
+#: (kernel/time/timer.c) rounds a timeout up to its level's granularity, at most about
+#: 1/8 of the timeout. The schedules are computed at both ends of that range.
+LATE_MIN, LATE_MAX = 1.001, 1.125
+
+
 def retransmit_schedule(
-    retries: int, rto: float, rto_max: float = TCP_RTO_MAX_S, base: float = TCP_RTO_MIN_S
+    retries: int,
+    rto: float,
+    rto_max: float = TCP_RTO_MAX_S,
+    base: float = TCP_RTO_MIN_S,
+    late: float = LATE_MIN,
 ) -> Schedule:
     """Unacknowledged data on an established connection (tcp_retries2, orphan retries).
 
-    tcp_write_timeout(): expired when the time since the oldest unacknowledged segment was
-    first sent reaches tcp_model_timeout(retries, TCP_RTO_MIN); checked each time the
-    retransmission timer fires. The timer starts at the connection's RTO and doubles up
-    to TCP_RTO_MAX (tcp_retransmit_timer). A count of retransmissions is never compared.
+    tcp_write_timeout() -> retransmits_timed_out(): expired when the time since the first
+    timeout retransmission (tp->retrans_stamp, set by tcp_retransmit_skb() from the
+    segment's new send time) reaches tcp_model_timeout(retries, TCP_RTO_MIN), checked
+    each time the retransmission timer fires, before it retransmits. The timer starts at
+    the connection's RTO and doubles up to TCP_RTO_MAX (tcp_retransmit_timer). A count
+    of retransmissions is never compared. `late` scales every timeout (timer slack); a
+    tail loss probe (tcp_early_retrans) may add one probe before the first timeout.
     """
     budget = model_timeout(retries, base, TCP_RTO_MAX_S)
     t, cur = 0.0, rto
     sends: list[float] = []
     while True:
-        t += cur
-        if sends and t >= budget - 1e-9:
+        t += cur * late
+        if sends and t - sends[0] >= budget - 1e-9:
             return Schedule(tuple(round(x, 3) for x in sends), round(t, 3))
         sends.append(t)
         cur = min(cur * 2, rto_max)
+
+
+def retransmit_outcome(retries: int, rto: float, rto_max: float = TCP_RTO_MAX_S) -> str:
+    """'fails with ETIMEDOUT at T after N retransmissions', or both outcomes when the
+    budget ends within a timer's slack of a timeout (then which one happens depends on
+    how late that timer fires)."""
+    a = retransmit_schedule(retries, rto, rto_max, late=LATE_MIN)
+    b = retransmit_schedule(retries, rto, rto_max, late=LATE_MAX)
+    first = f"after {_retx(a.retransmissions)}, at about {duration(a.gives_up_s)}"
+    if a.retransmissions == b.retransmissions:
+        return f"{first} ({duration(b.gives_up_s)} if every timer fires 1/8 late)"
+    return (
+        f"{first}, or after {_retx(b.retransmissions)} at about {duration(b.gives_up_s)}: "
+        "the budget ends within a timer's slack of a timeout"
+    )
+
+
+def _retx(n: int) -> str:
+    return f"{n} retransmission" if n == 1 else f"{n} retransmissions"
 
 
 @dataclass(frozen=True)
@@ -211,8 +243,10 @@ def orphan_retries(value: int, rto: float, rto_max: float = TCP_RTO_MAX_S) -> in
 
 # -- formatting ---------------------------------------------------------------------------
 def duration(s: float) -> str:
-    """7.0 -> '7 s'; 924.6 -> '924.6 s (15.4 min)'; 7875 -> '7,875 s (2.2 h)'."""
-    text = f"{s:,.2f}".rstrip("0").rstrip(".") + " s"
+    """7.0 -> '7 s'; 1.764 -> '1.76 s'; 924.6 -> '925 s (15.4 min)'; 7875 -> '7,875 s (2.2 h)'."""
+    places = 2 if s < 10 else 1 if s < 100 else 0
+    text = f"{s:,.{places}f}".rstrip("0").rstrip(".") if places else f"{s:,.0f}"
+    text += " s"
     if s >= 7200:
         return f"{text} ({s / 3600:.1f} h)"
     if s >= 120:
@@ -383,13 +417,11 @@ def tcp_retries1(s: Settings) -> str:
 def tcp_retries2(s: Settings) -> str:
     n = _need(s.int("net.ipv4.tcp_retries2"))
     rto, where = _rto(s)
-    sch = retransmit_schedule(n, rto, _rto_max(s))
     return (
-        f"a time budget of {duration(model_timeout(n, TCP_RTO_MIN_S))}, what {n} timeouts "
-        f"doubling from 200 ms to 120 s add up to; with {where}, unacknowledged data is "
-        "retransmitted "
-        f"{sch.retransmissions} times and the connection fails with ETIMEDOUT at "
-        f"{duration(sch.gives_up_s)}"
+        f"a time budget of {duration(model_timeout(n, TCP_RTO_MIN_S))} from the first "
+        f"timeout retransmission (what {n} timeouts doubling from 200 ms add up to); with "
+        f"{where}, unacknowledged data fails with ETIMEDOUT "
+        f"{retransmit_outcome(n, rto, _rto_max(s))}"
     )
 
 
@@ -399,10 +431,9 @@ def tcp_orphan_retries(s: Settings) -> str:
     rto, where = _rto(s)
     n = orphan_retries(v, rto)
     zero = " (0 means 8)" if v == 0 else ""
-    sch = retransmit_schedule(n, rto, _rto_max(s))
     return (
         f"a closed socket whose data or FIN goes unacknowledged uses {n}{zero} instead of "
-        f"tcp_retries2: with {where} it is dropped after {duration(sch.gives_up_s)}"
+        f"tcp_retries2: with {where} it is dropped {retransmit_outcome(n, rto, _rto_max(s))}"
     )
 
 
