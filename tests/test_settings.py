@@ -383,6 +383,61 @@ names = ("net.ipv4.tcp_retries2", "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp
 print(json.dumps({{"rto": rto, "sends": sends, "err": err, "when": when,
                   "here": {{n: rules.here(n, st) for n in names}}}}))
 """
+#: A bulk transfer of 16 MiB; the receiver's SO_RCVBUF before and after (tcp_rcv_space_adjust
+#: grows sk_rcvbuf only while tcp_moderate_rcvbuf is on and SO_RCVBUF was not set).
+RCVBUF = r"""
+import json, socket, threading
+from sockprobe.kernel import rules
+from sockprobe.probes.settings import table
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname(), timeout=5)
+s, _ = l.accept(); s.settimeout(5)
+before = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+total = 16 << 20
+def send():
+    c.sendall(b"x" * total)
+t = threading.Thread(target=send); t.start()
+got = 0
+while got < total:
+    got += len(s.recv(1 << 16))
+t.join()
+after = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+st = rules.Settings(table.raw_settings())
+print(json.dumps({{"before": before, "after": after,
+                  "here": rules.here("net.ipv4.tcp_moderate_rcvbuf", st)}}))
+"""
+
+#: Ports in a namespace of its own (no other program can hold them): an unprivileged
+#: process (uid 65534) binds below and above ip_unprivileged_port_start; bind(port 0)
+#: runs until ip_local_port_range minus ip_local_reserved_ports is used up.
+PORTS = r"""
+import errno, json, os, socket
+from sockprobe.kernel import rules
+from sockprobe.probes.settings import table
+st = rules.Settings(table.raw_settings())
+held, picked = [], []
+while True:
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", 0))
+    except OSError as e:
+        end = errno.errorcode[e.errno]; b.close(); break
+    held.append(b); picked.append(b.getsockname()[1])
+os.setgid(65534); os.setuid(65534)
+out = {{}}
+for port in (1999, 2001):
+    x = socket.socket()
+    try:
+        x.bind(("127.0.0.1", port)); out[port] = "bound"
+    except OSError as e:
+        out[port] = errno.errorcode[e.errno]
+    x.close()
+print(json.dumps({{"picked": picked, "end": end, "low": out[1999], "high": out[2001],
+    "range": rules.here("net.ipv4.ip_local_port_range", st),
+    "reserved": rules.here("net.ipv4.ip_local_reserved_ports", st),
+    "start": rules.here("net.ipv4.ip_unprivileged_port_start", st)}}))
+"""
+
 NO_TLP_1S_RTO = {"net.ipv4.tcp_early_retrans": 0, "net.ipv4.tcp_rto_min_us": 1000000}
 
 #: Settings changed together for one probe run: each shows in a different check.
@@ -396,6 +451,7 @@ CHANGED = {
     "net.ipv4.ip_nonlocal_bind": 1,
     "net.unix.max_dgram_qlen": 3,
     "net.ipv4.tcp_keepalive_time": 5,
+    "net.ipv4.tcp_rmem": "4096 65536 1000000",
 }
 
 CASES: dict[str, dict[str, Any]] = {
@@ -428,6 +484,16 @@ CASES: dict[str, dict[str, Any]] = {
     "somaxconn_4": dict(code=ADMIT.format(), sysctls={"net.core.somaxconn": 4}),
     "abort_on_overflow_1": dict(code=ABORT.format(), sysctls={"net.ipv4.tcp_abort_on_overflow": 1}),
     "changed": dict(code=PROBE.format(follow=False, deadline=20), sysctls=CHANGED),
+    "moderate_rcvbuf_0": dict(code=RCVBUF.format(), sysctls={"net.ipv4.tcp_moderate_rcvbuf": 0}),
+    "moderate_rcvbuf_1": dict(code=RCVBUF.format(), sysctls={"net.ipv4.tcp_moderate_rcvbuf": 1}),
+    "ports": dict(
+        code=PORTS.format(),
+        sysctls={
+            "net.ipv4.ip_local_port_range": "40000 40009",
+            "net.ipv4.ip_local_reserved_ports": "40000-40004",
+            "net.ipv4.ip_unprivileged_port_start": 2000,
+        },
+    ),
     "retries2_3": dict(
         code=SILENT.format(mode="retries2"), sysctls={"net.ipv4.tcp_retries2": 3, **NO_TLP_1S_RTO}
     ),
@@ -609,6 +675,8 @@ def test_ns_changed_settings_show_in_every_check(ns: dict[str, Any]) -> None:
     assert "succeeds" in _here(doc, "net.ipv4.ip_nonlocal_bind")
     assert checks["unix_dgram_queue"]["measured"] == 4
     assert "queues 4 datagrams" in _here(doc, "net.unix.max_dgram_qlen")
+    assert checks["tcp_rcvbuf"]["measured"] == 65536
+    assert "starts at 65,536 B" in _here(doc, "net.ipv4.tcp_rmem")
     ka = _rows(doc, "timers")["keepalive_timer"]
     assert abs(ka["measured"] - 5) <= 1.0
     assert "first probe after 5 s idle" in _here(doc, "net.ipv4.tcp_keepalive_time")
@@ -685,3 +753,21 @@ def test_ns_orphan_retries_bounds_a_closed_socket(ns: dict[str, Any]) -> None:
     assert got["when"] is not None, got
     assert stated.gives_up_s * 0.99 <= got["when"] <= stated.gives_up_s * rules.LATE_MAX + 0.1
     assert "uses 1 instead of tcp_retries2" in got["here"]["net.ipv4.tcp_orphan_retries"]
+
+
+def test_ns_moderate_rcvbuf_decides_whether_the_receive_buffer_grows(ns: dict[str, Any]) -> None:
+    off, on = ns["moderate_rcvbuf_0"], ns["moderate_rcvbuf_1"]
+    assert off["after"] == off["before"], off
+    assert "stays at its initial size" in off["here"]
+    assert on["after"] > on["before"], on
+    assert "grows with the transfer" in on["here"]
+
+
+def test_ns_port_settings(ns: dict[str, Any]) -> None:
+    got = ns["ports"]
+    assert sorted(got["picked"]) == list(range(40005, 40010)), got
+    assert got["end"] == "EADDRINUSE"
+    assert "pick from 5 ports (40000-40009, minus 5 reserved)" in got["range"]
+    assert got["reserved"].startswith("5 ports skipped")
+    assert (got["low"], got["high"]) == ("EACCES", "bound")
+    assert "ports below 2000 need CAP_NET_BIND_SERVICE" in got["start"]

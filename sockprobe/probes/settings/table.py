@@ -17,6 +17,8 @@ from sockprobe.kernel import rules
 from sockprobe.report import NA, Cell, Report, col
 
 NOT_LINUX = "no /proc/sys on this platform"
+#: No probe shows these yet; tests/test_settings.py measures them in namespaces.
+TESTS = "none yet (tests: silent peer)"
 
 
 @dataclass(frozen=True)
@@ -41,17 +43,17 @@ SETTINGS: tuple[Setting, ...] = (
         "net.ipv4.tcp_retries2",
         "",
         "how long unacknowledged data is retransmitted",
-        "none yet (dead-peer, planned)",
+        TESTS,
     ),
-    S("net.ipv4.tcp_orphan_retries", "", "the same for a closed (orphaned) socket", "none yet"),
+    S("net.ipv4.tcp_orphan_retries", "", "the same for a closed (orphaned) socket", TESTS),
     S(
         "net.ipv4.tcp_keepalive_time",
         "s",
         "idle time before the first keepalive probe",
-        "kernel (netns test); dead-peer, planned",
+        "kernel (timers)",
     ),
-    S("net.ipv4.tcp_keepalive_intvl", "s", "time between keepalive probes", "none yet"),
-    S("net.ipv4.tcp_keepalive_probes", "", "unanswered probes that end it", "none yet"),
+    S("net.ipv4.tcp_keepalive_intvl", "s", "time between keepalive probes", TESTS),
+    S("net.ipv4.tcp_keepalive_probes", "", "unanswered probes that end it", TESTS),
     S("net.ipv4.tcp_rto_min_us", "µs", "floor on the retransmission timeout", "kernel (timers)"),
     S("net.ipv4.tcp_rto_max_ms", "ms", "cap on the retransmission timeout", "none yet"),
     S(
@@ -90,7 +92,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("net.ipv4.ip_local_port_range", "", "ports for bind(port 0) and connect()", "port, kernel"),
     S("net.ipv4.ip_local_reserved_ports", "", "ports kept out of automatic choice", "port"),
     S("net.ipv4.ip_unprivileged_port_start", "", "lowest port bind() allows users", "port"),
-    S("net.ipv4.ip_nonlocal_bind", "", "bind() to an address not on this host", "none yet"),
+    S("net.ipv4.ip_nonlocal_bind", "", "bind() to an address not on this host", "kernel"),
     S("net.ipv6.bindv6only", "", "default IPV6_V6ONLY", "kernel, reuseaddr, port"),
     S("net.core.rmem_default", "B", "SO_RCVBUF of a new UDP/UNIX socket", "kernel, udp-truncate"),
     S("net.core.rmem_max", "B", "cap on setsockopt(SO_RCVBUF)", "kernel, udp-truncate"),
@@ -99,7 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("net.ipv4.tcp_rmem", "B", "TCP receive buffer min, default, max", "kernel, partial-send"),
     S("net.ipv4.tcp_wmem", "B", "TCP send buffer min, default, max", "kernel, partial-send"),
     S("net.ipv4.udp_mem", "pages", "memory of all UDP sockets together", "none"),
-    S("net.unix.max_dgram_qlen", "", "datagrams a UNIX socket queues", "none yet"),
+    S("net.unix.max_dgram_qlen", "", "datagrams a UNIX socket queues", "kernel"),
 )
 del S
 
