@@ -264,7 +264,7 @@ def _times(ts: tuple[float, ...]) -> str:
 
 def _rto(s: Settings) -> tuple[float, str]:
     if s.rto_s is not None:
-        return s.rto_s, f"the {s.rto_s * 1000:g} ms RTO measured on loopback now"
+        return s.rto_s, f"an RTO of {s.rto_s * 1000:g} ms (measured)"
     floor = s.int("net.ipv4.tcp_rto_min_us")
     rto = floor / 1e6 if floor else TCP_RTO_MIN_S
     return rto, f"the RTO at its {rto * 1000:g} ms floor as on loopback"
