@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -209,8 +210,12 @@ def test_cli_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
 def test_deadline_bounds_the_measurements() -> None:
     from sockprobe.status import DeadlineExceeded
 
+    # Following the orphan would take 60 s at the defaults: the deadline cuts it short.
+    t0 = time.monotonic()
     with pytest.raises(DeadlineExceeded):
-        settings.run(settings.Params(deadline=0.0001))
+        settings.run(settings.Params(follow=True, deadline=0.5))
+    assert time.monotonic() - t0 < 1.5
+    assert main(["kernel", "--follow-fin-wait2", "--deadline", "0.3", "--json"]) == 4
 
 
 def test_params_declare_their_options() -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from sockprobe import kernel
 from sockprobe.kernel import rules
-from sockprobe.lab import Lab
+from sockprobe.lab import Deadline, Lab
 from sockprobe.probes import Stopwatch
 from sockprobe.probes.settings import new_socket, table, timers
 from sockprobe.probes.settings.params import Params
@@ -43,7 +43,11 @@ __all__ = [
 
 def run(params: Params) -> Report:
     watch = Stopwatch()
-    host, deadline = params.resolve()
+    # Reading settings binds nothing, so --no-measure runs even when the ephemeral port
+    # range is exhausted (resolve() would exit 3 then).
+    host, deadline = (
+        params.resolve() if params.measure else (params.check_host(), Deadline(params.deadline))
+    )
     values = read_settings()
     report = Report("kernel", params=params_dict(params), environment=environment(values))
     # The table's sentences use the RTO floor, not the RTO measured below, so that they

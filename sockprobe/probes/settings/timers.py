@@ -68,6 +68,7 @@ def _row(lab: Lab, port: int, peer_port: int, state: int, wait: float) -> Seen |
             if row.state == state and row.remote[1] == peer_port:
                 return Seen(row.timer, row.timer_s)
         if time.monotonic() >= end:
+            lab.deadline.check("waiting for a TCP state change")  # cut short: exit 4
             return None
         time.sleep(0.002)
 
@@ -80,6 +81,7 @@ def _gone_after(lab: Lab, port: int, peer_port: int, t0: float, wait: float) -> 
         if not rows:
             return time.monotonic() - t0
         time.sleep(0.01)
+    lab.deadline.check("waiting for the FIN_WAIT2 socket to go")  # cut short: exit 4
     return None
 
 
