@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 A_ADDR, B_ADDR = "10.77.0.1", "10.77.0.2"
 NOWHERE_MAC = "02:00:00:00:77:99"
@@ -45,11 +45,49 @@ class Peer:
     addr: str
     port: int
     pid: int
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def cut(self) -> None:
+        """A's frames to B vanish (B's to A still arrive)."""
         _run(
             "ip", "neigh", "replace", B_ADDR, "lladdr", NOWHERE_MAC, "dev", "va", "nud", "permanent"
         )
+
+    def cut_back(self) -> None:
+        """B's frames to A vanish too."""
+        _run(
+            "nsenter",
+            f"--net=/proc/{self.pid}/ns/net",
+            "ip",
+            "neigh",
+            "replace",
+            A_ADDR,
+            "lladdr",
+            NOWHERE_MAC,
+            "dev",
+            "vb",
+            "nud",
+            "permanent",
+        )
+
+    def connect_once(self, port: int) -> subprocess.Popen[bytes]:
+        """A client in B sends one SYN to A:port (non-blocking connect) and holds the
+        socket; the caller cuts both directions so that no retransmission arrives."""
+        code = (
+            "import socket, sys, time\n"
+            "c = socket.socket(); c.setblocking(False)\n"
+            f"c.connect_ex(({A_ADDR!r}, {port}))\n"
+            "print('sent', flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/proc/{self.pid}/ns/net", sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        self.children.append(proc)
+        return proc
 
 
 def _run(*argv: str) -> None:
@@ -89,8 +127,12 @@ def peer() -> Iterator[Peer]:
         )
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        yield Peer(B_ADDR, port, holder.pid)
+        peer = Peer(B_ADDR, port, holder.pid)
+        yield peer
     finally:
+        for child in peer.children if "peer" in locals() else []:
+            child.kill()
+            child.wait(timeout=10)
         for p in (server, holder):
             if p is not None:
                 p.kill()

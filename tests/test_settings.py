@@ -443,6 +443,45 @@ print(json.dumps({{"picked": picked, "end": end, "low": out[1999], "high": out[2
     "start": rules.here("net.ipv4.ip_unprivileged_port_start", st)}}))
 """
 
+#: A half-open request whose SYN-ACKs vanish: one SYN from B reaches a listener in A, then
+#: both directions are cut. Each SYN-ACK resend is counted by TcpExt TCPSynRetrans (this
+#: namespace's counter: nothing else runs here); the request shows in /proc/net/tcp as
+#: SYN_RECV until reqsk_timer_handler() drops it.
+SYNACK = r"""
+import json, socket, sys, time
+sys.path.insert(0, "tests")
+import blackhole
+from sockprobe import kernel
+from sockprobe.kernel import rules
+from sockprobe.probes.settings import table
+def resent():
+    return kernel.netstat_counters().get("TcpExt", {{}}).get("TCPSynRetrans", 0)
+with blackhole.peer() as p:
+    l = socket.socket(); l.bind((blackhole.A_ADDR, 0)); l.listen(8)
+    port = l.getsockname()[1]
+    p.cut()
+    p.connect_once(port)
+    p.cut_back()
+    def half_open():
+        return [r for r in kernel.proc_net_sockets("tcp", port) if r.state == 3]
+    t_wait = time.monotonic()
+    while not half_open() and time.monotonic() - t_wait < 2:
+        time.sleep(0.002)
+    t0, base, sends, gone = time.monotonic(), resent(), [], None
+    while time.monotonic() - t0 < 20:
+        n = resent() - base
+        if n > len(sends):
+            sends.append(time.monotonic() - t0)
+        if not half_open():
+            gone = time.monotonic() - t0
+            break
+        time.sleep(0.005)
+    l.close()
+st = rules.Settings(table.raw_settings())
+print(json.dumps({{"sends": sends, "gone": gone,
+                  "here": rules.here("net.ipv4.tcp_synack_retries", st)}}))
+"""
+
 NO_TLP_1S_RTO = {"net.ipv4.tcp_early_retrans": 0, "net.ipv4.tcp_rto_min_us": 1000000}
 
 #: Settings changed together for one probe run: each shows in a different check.
@@ -499,6 +538,7 @@ CASES: dict[str, dict[str, Any]] = {
             "net.ipv4.ip_unprivileged_port_start": 2000,
         },
     ),
+    "synack_2": dict(code=SYNACK.format(), sysctls={"net.ipv4.tcp_synack_retries": 2}),
     "retries2_3": dict(
         code=SILENT.format(mode="retries2"), sysctls={"net.ipv4.tcp_retries2": 3, **NO_TLP_1S_RTO}
     ),
@@ -776,3 +816,16 @@ def test_ns_port_settings(ns: dict[str, Any]) -> None:
     assert got["reserved"].startswith("5 ports skipped")
     assert (got["low"], got["high"]) == ("EACCES", "bound")
     assert "ports below 2000 need CAP_NET_BIND_SERVICE" in got["start"]
+
+
+def test_ns_synack_retries_resends_then_drops_the_request(ns: dict[str, Any]) -> None:
+    got = ns["synack_2"]
+    stated = rules.synack_schedule(2)
+    assert len(got["sends"]) == stated.retransmissions, got
+    for m, s in zip(got["sends"], stated.sends):
+        assert s * 0.99 - 0.05 <= m <= s * rules.LATE_MAX + 0.1, (got, stated)
+    assert got["gone"] is not None
+    assert (
+        stated.gives_up_s * 0.99 - 0.05 <= got["gone"] <= stated.gives_up_s * rules.LATE_MAX + 0.1
+    )
+    assert "resent 2 times (at 1, 3 s) and the request dropped at 7 s" in got["here"]

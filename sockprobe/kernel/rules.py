@@ -393,13 +393,21 @@ def tcp_syn_linear_timeouts(s: Settings) -> str:
 @rule("net.ipv4.tcp_synack_retries")
 def tcp_synack_retries(s: Settings) -> str:
     n = _need(s.int("net.ipv4.tcp_synack_retries"))
-    sends = tuple(float((1 << (i + 1)) - 1) for i in range(n))
-    end = float((1 << (n + 1)) - 1)
+    sch = synack_schedule(n)
     return (
-        f"an unacknowledged SYN-ACK is resent {n} times (at {_times(sends)} s) and the "
-        f"request dropped at {duration(end)} (reqsk_timer_handler; fewer when more than "
-        "half the listen backlog is half-open)"
+        f"an unacknowledged SYN-ACK is resent {n} times (at {_times(sch.sends)} s) and the "
+        f"request dropped at {duration(sch.gives_up_s)} (reqsk_timer_handler; fewer when "
+        "more than half the listen backlog is half-open)"
     )
+
+
+def synack_schedule(retries: int, rto: float = TCP_TIMEOUT_INIT_S) -> Schedule:
+    """A half-open request's SYN-ACK resends (inet_connection_sock.c reqsk_timer_handler):
+    the timer starts at 1 s and doubles (reqsk_timeout), and the request is dropped when
+    it fires with num_timeout already at tcp_synack_retries (syn_ack_recalc). A SYN
+    retransmitted by the client also triggers a resend, outside this schedule."""
+    sends = tuple(rto * ((1 << (i + 1)) - 1) for i in range(retries))
+    return Schedule(sends, rto * ((1 << (retries + 1)) - 1))
 
 
 # -- retransmission and keepalive timers ----------------------------------------------------
