@@ -70,13 +70,15 @@ class Peer:
             "permanent",
         )
 
-    def connect_once(self, port: int) -> subprocess.Popen[bytes]:
-        """A client in B sends one SYN to A:port (non-blocking connect) and holds the
-        socket; the caller cuts both directions so that no retransmission arrives."""
+    def connect_once(self, port: int, clients: int = 1) -> subprocess.Popen[bytes]:
+        """`clients` sockets in B each send one SYN to A:port (non-blocking connect) and
+        are held open; the caller cuts both directions so no retransmission arrives."""
         code = (
             "import socket, sys, time\n"
-            "c = socket.socket(); c.setblocking(False)\n"
-            f"c.connect_ex(({A_ADDR!r}, {port}))\n"
+            "held = []\n"
+            f"for _ in range({clients}):\n"
+            "    c = socket.socket(); c.setblocking(False); held.append(c)\n"
+            f"    c.connect_ex(({A_ADDR!r}, {port}))\n"
             "print('sent', flush=True)\n"
             "time.sleep(60)\n"
         )

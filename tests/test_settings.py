@@ -482,6 +482,32 @@ print(json.dumps({{"sends": sends, "gone": gone,
                   "here": rules.here("net.ipv4.tcp_synack_retries", st)}}))
 """
 
+#: 12 SYNs from B that are never completed (both directions cut after they are sent):
+#: count the half-open requests (SYN_RECV) the listener in A, listen(128), keeps.
+HALF_OPEN = r"""
+import json, socket, sys, time
+sys.path.insert(0, "tests")
+import blackhole
+from sockprobe import kernel
+from sockprobe.kernel import rules
+from sockprobe.probes.settings import table
+with blackhole.peer() as p:
+    l = socket.socket(); l.bind((blackhole.A_ADDR, 0)); l.listen({backlog})
+    port = l.getsockname()[1]
+    p.cut()
+    cookies0 = kernel.netstat_counters().get("TcpExt", {{}}).get("SyncookiesSent", 0)
+    p.connect_once(port, clients=12)
+    p.cut_back()
+    time.sleep(0.3)
+    n = len([r for r in kernel.proc_net_sockets("tcp", port) if r.state == 3])
+    cookies = kernel.netstat_counters().get("TcpExt", {{}}).get("SyncookiesSent", 0) - cookies0
+    l.close()
+st = rules.Settings(table.raw_settings())
+print(json.dumps({{"half_open": n, "cookies": cookies,
+                  "here": rules.here("net.ipv4.tcp_max_syn_backlog", st),
+                  "cookie_here": rules.here("net.ipv4.tcp_syncookies", st)}}))
+"""
+
 NO_TLP_1S_RTO = {"net.ipv4.tcp_early_retrans": 0, "net.ipv4.tcp_rto_min_us": 1000000}
 
 #: Settings changed together for one probe run: each shows in a different check.
@@ -537,6 +563,20 @@ CASES: dict[str, dict[str, Any]] = {
             "net.ipv4.ip_local_reserved_ports": "40000-40004",
             "net.ipv4.ip_unprivileged_port_start": 2000,
         },
+    ),
+    "syn_backlog_8_cookies_off": dict(
+        code=HALF_OPEN.format(backlog=128),
+        sysctls={"net.ipv4.tcp_max_syn_backlog": 8, "net.ipv4.tcp_syncookies": 0},
+    ),
+    "syn_backlog_8_cookies_on": dict(
+        code=HALF_OPEN.format(backlog=128),
+        sysctls={"net.ipv4.tcp_max_syn_backlog": 8, "net.ipv4.tcp_syncookies": 1},
+    ),
+    "listen_4_cookies_on": dict(
+        code=HALF_OPEN.format(backlog=4), sysctls={"net.ipv4.tcp_syncookies": 1}
+    ),
+    "listen_4_cookies_off": dict(
+        code=HALF_OPEN.format(backlog=4), sysctls={"net.ipv4.tcp_syncookies": 0}
     ),
     "synack_2": dict(code=SYNACK.format(), sysctls={"net.ipv4.tcp_synack_retries": 2}),
     "retries2_3": dict(
@@ -829,3 +869,28 @@ def test_ns_synack_retries_resends_then_drops_the_request(ns: dict[str, Any]) ->
         stated.gives_up_s * 0.99 - 0.05 <= got["gone"] <= stated.gives_up_s * rules.LATE_MAX + 0.1
     )
     assert "resent 2 times (at 1, 3 s) and the request dropped at 7 s" in got["here"]
+
+
+def test_ns_max_syn_backlog_matters_only_with_syncookies_off(ns: dict[str, Any]) -> None:
+    # tcp_conn_request(): with syncookies off, a SYN from a peer without metrics history is
+    # dropped when fewer than a quarter of tcp_max_syn_backlog remain, so 8 keeps
+    # 8 - 8/4 + 1 = 7 half-open; with syncookies on, listen(128) alone bounds them (12).
+    off, on = ns["syn_backlog_8_cookies_off"], ns["syn_backlog_8_cookies_on"]
+    assert off["half_open"] == 8 - (8 >> 2) + 1, off
+    assert "once more than 6 requests of one listener are half-open" in off["here"]
+    assert on["half_open"] == 12, on
+    assert on["here"].startswith("unused while tcp_syncookies is 1")
+
+
+def test_ns_syncookies_answer_syns_past_the_listen_backlog(ns: dict[str, Any]) -> None:
+    # listen(4), 12 SYNs never completed: 4 + 1 requests are kept (the queue-full test is
+    # `>`); with syncookies 1 the other 7 get cookies (SyncookiesSent, this namespace's
+    # counter), with 0 they are dropped.
+    on, off = ns["listen_4_cookies_on"], ns["listen_4_cookies_off"]
+    assert (on["half_open"], on["cookies"]) == (5, 7), on
+    assert (
+        "more half-open requests than its listen backlog, further SYNs get a cookie"
+        in (on["cookie_here"])
+    )
+    assert (off["half_open"], off["cookies"]) == (5, 0), off
+    assert off["cookie_here"].startswith("off: once a listener holds more half-open requests")

@@ -334,14 +334,14 @@ def tcp_max_syn_backlog(s: Settings) -> str:
 @rule("net.ipv4.tcp_syncookies")
 def tcp_syncookies(s: Settings) -> str:
     v = _need(s.int("net.ipv4.tcp_syncookies"))
+    # inet_csk_reqsk_queue_is_full() compares the request count with the listen backlog
+    # using `>` on the kernels measured (6.18): backlog + 1 requests are kept.
+    full = "once a listener holds more half-open requests than its listen backlog"
     if v == 0:
-        return "off: a SYN that finds the listen backlog's worth of half-open requests is dropped"
+        return f"off: {full}, further SYNs are dropped"
     lost = "window scaling and SACK survive only with timestamps, MSS from a table of 4"
     if v == 1:
-        return (
-            "a SYN that finds the listen backlog's worth of half-open requests gets a cookie "
-            f"instead of a queued request ({lost})"
-        )
+        return f"{full}, further SYNs get a cookie instead of a queued request ({lost})"
     return f"every SYN gets a cookie, no request is queued ({lost})"
 
 
