@@ -508,6 +508,33 @@ print(json.dumps({{"half_open": n, "cookies": cookies,
                   "cookie_here": rules.here("net.ipv4.tcp_syncookies", st)}}))
 """
 
+#: tcp_tw_reuse and tcp_tw_reuse_delay: ip_local_port_range is one port, so after a
+#: client-first close that port is held by TIME_WAIT and a new connect() to the same
+#: server must take the TIME_WAIT 4-tuple over (tcp_twsk_unique) or fail EADDRNOTAVAIL.
+#: Tried 0.2 s and 0.8 s after the TIME_WAIT began. The server's fixed port is outside
+#: the range; this namespace is the test's own, so nothing else can hold it.
+TW_REUSE = r"""
+import errno, json, socket, time
+from sockprobe.kernel import rules
+from sockprobe.probes.settings import table
+srv = socket.socket(); srv.bind(("127.0.0.1", 5000)); srv.listen(8)
+c = socket.create_connection(("127.0.0.1", 5000), timeout=2); s, _ = srv.accept()
+c.close(); time.sleep(0.01); s.close()
+t0 = time.monotonic()
+got, held = [], []
+for at in (0.2, 0.8):
+    time.sleep(max(0.0, t0 + at - time.monotonic()))
+    x = socket.socket(); x.settimeout(2); held.append(x)
+    try:
+        x.connect(("127.0.0.1", 5000)); got.append("connected")
+    except OSError as e:
+        got.append(errno.errorcode.get(e.errno, str(e.errno)))
+st = rules.Settings(table.raw_settings())
+print(json.dumps({{"got": got, "reuse": rules.here("net.ipv4.tcp_tw_reuse", st),
+                  "delay": rules.here("net.ipv4.tcp_tw_reuse_delay", st)}}))
+"""
+ONE_PORT = {"net.ipv4.ip_local_port_range": "40000 40000", "net.ipv4.tcp_tw_reuse_delay": 500}
+
 NO_TLP_1S_RTO = {"net.ipv4.tcp_early_retrans": 0, "net.ipv4.tcp_rto_min_us": 1000000}
 
 #: Settings changed together for one probe run: each shows in a different check.
@@ -577,6 +604,12 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     "listen_4_cookies_off": dict(
         code=HALF_OPEN.format(backlog=4), sysctls={"net.ipv4.tcp_syncookies": 0}
+    ),
+    "tw_reuse_1": dict(code=TW_REUSE.format(), sysctls={"net.ipv4.tcp_tw_reuse": 1, **ONE_PORT}),
+    "tw_reuse_0": dict(code=TW_REUSE.format(), sysctls={"net.ipv4.tcp_tw_reuse": 0, **ONE_PORT}),
+    "tw_reuse_1_no_ts": dict(
+        code=TW_REUSE.format(),
+        sysctls={"net.ipv4.tcp_tw_reuse": 1, "net.ipv4.tcp_timestamps": 0, **ONE_PORT},
     ),
     "synack_2": dict(code=SYNACK.format(), sysctls={"net.ipv4.tcp_synack_retries": 2}),
     "retries2_3": dict(
@@ -894,3 +927,17 @@ def test_ns_syncookies_answer_syns_past_the_listen_backlog(ns: dict[str, Any]) -
     )
     assert (off["half_open"], off["cookies"]) == (5, 0), off
     assert off["cookie_here"].startswith("off: once a listener holds more half-open requests")
+
+
+def test_ns_tw_reuse_waits_the_delay_and_needs_timestamps(ns: dict[str, Any]) -> None:
+    on, off, no_ts = ns["tw_reuse_1"], ns["tw_reuse_0"], ns["tw_reuse_1_no_ts"]
+    # tcp_tw_reuse_delay 500 ms from the TIME_WAIT's start: refused at 0.2 s, taken at 0.8 s.
+    assert on["got"] == ["EADDRNOTAVAIL", "connected"], on
+    assert "entered TIME_WAIT at least 500 ms ago" in on["reuse"]
+    assert "reusable 500 ms after it entered TIME_WAIT" in on["delay"]
+    assert off["got"] == ["EADDRNOTAVAIL", "EADDRNOTAVAIL"], off
+    assert off["reuse"].startswith("off:") and "unused while tcp_tw_reuse is 0" in off["delay"]
+    # Without timestamps the TIME_WAIT carries no ts_recent_stamp: never reused.
+    assert no_ts["got"] == ["EADDRNOTAVAIL", "EADDRNOTAVAIL"], no_ts
+    assert "without effect: tcp_timestamps is 0" in no_ts["reuse"]
+    assert "unused while tcp_timestamps is 0" in no_ts["delay"]

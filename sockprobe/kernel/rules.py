@@ -556,6 +556,11 @@ def tcp_tw_reuse(s: Settings) -> str:
             "TIME_WAIT (an explicit bind() + connect() can still take one over)"
         )
     which = "any destination" if v == 1 else "loopback connections only"
+    if s.int("net.ipv4.tcp_timestamps") == 0:
+        return (
+            f"allowed ({which}) but without effect: tcp_timestamps is 0, so no new "
+            "connection's TIME_WAIT carries the timestamps reuse needs"
+        )
     return (
         f"connect() may take over a TIME_WAIT 4-tuple ({which}) when the old connection "
         f"used TCP timestamps and entered TIME_WAIT at least {age} ago; bind() is unaffected"
@@ -566,11 +571,12 @@ def tcp_tw_reuse(s: Settings) -> str:
 def tcp_tw_reuse_delay(s: Settings) -> str:
     d = _need(s.int("net.ipv4.tcp_tw_reuse_delay"))
     reuse = s.int("net.ipv4.tcp_tw_reuse")
-    cond = (
-        "; unused while tcp_tw_reuse is 0"
-        if reuse == 0
-        else " (only where tcp_tw_reuse allows reuse and the old connection used timestamps)"
-    )
+    if reuse == 0:
+        cond = "; unused while tcp_tw_reuse is 0"
+    elif s.int("net.ipv4.tcp_timestamps") == 0:
+        cond = "; unused while tcp_timestamps is 0 (reuse needs the old connection's timestamps)"
+    else:
+        cond = " (only where tcp_tw_reuse allows reuse and the old connection used timestamps)"
     return f"a TIME_WAIT socket is reusable {d:,} ms after it entered TIME_WAIT{cond}"
 
 
