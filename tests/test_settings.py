@@ -535,6 +535,42 @@ print(json.dumps({{"got": got, "reuse": rules.here("net.ipv4.tcp_tw_reuse", st),
 """
 ONE_PORT = {"net.ipv4.ip_local_port_range": "40000 40000", "net.ipv4.tcp_tw_reuse_delay": 500}
 
+#: tcp_migrate_req: two SO_REUSEPORT listeners, 16 clients queued (the kernel hashes
+#: each to one of them), then the first listener closes; count what the second can
+#: accept and how many clients were reset (recv() -> ECONNRESET).
+MIGRATE = r"""
+import json, socket, time
+from sockprobe.kernel import rules
+from sockprobe.probes.settings import table
+def listener(port):
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    l.bind(("127.0.0.1", port)); l.listen(32); return l
+a = listener(0); b = listener(a.getsockname()[1])
+cs = [socket.create_connection(a.getsockname(), timeout=2) for _ in range(16)]
+time.sleep(0.05)
+a.close()
+time.sleep(0.05)
+b.setblocking(False)
+accepted = []
+while True:
+    try:
+        accepted.append(b.accept()[0])
+    except BlockingIOError:
+        break
+reset = 0
+for c in cs:
+    c.setblocking(False)
+    try:
+        c.recv(1)
+    except ConnectionResetError:
+        reset += 1
+    except BlockingIOError:
+        pass
+st = rules.Settings(table.raw_settings())
+print(json.dumps({{"accepted": len(accepted), "reset": reset,
+                  "here": rules.here("net.ipv4.tcp_migrate_req", st)}}))
+"""
+
 NO_TLP_1S_RTO = {"net.ipv4.tcp_early_retrans": 0, "net.ipv4.tcp_rto_min_us": 1000000}
 
 #: Settings changed together for one probe run: each shows in a different check.
@@ -611,6 +647,8 @@ CASES: dict[str, dict[str, Any]] = {
         code=TW_REUSE.format(),
         sysctls={"net.ipv4.tcp_tw_reuse": 1, "net.ipv4.tcp_timestamps": 0, **ONE_PORT},
     ),
+    "migrate_req_1": dict(code=MIGRATE.format(), sysctls={"net.ipv4.tcp_migrate_req": 1}),
+    "migrate_req_0": dict(code=MIGRATE.format(), sysctls={"net.ipv4.tcp_migrate_req": 0}),
     "synack_2": dict(code=SYNACK.format(), sysctls={"net.ipv4.tcp_synack_retries": 2}),
     "retries2_3": dict(
         code=SILENT.format(mode="retries2"), sysctls={"net.ipv4.tcp_retries2": 3, **NO_TLP_1S_RTO}
@@ -941,3 +979,12 @@ def test_ns_tw_reuse_waits_the_delay_and_needs_timestamps(ns: dict[str, Any]) ->
     assert no_ts["got"] == ["EADDRNOTAVAIL", "EADDRNOTAVAIL"], no_ts
     assert "without effect: tcp_timestamps is 0" in no_ts["reuse"]
     assert "unused while tcp_timestamps is 0" in no_ts["delay"]
+
+
+def test_ns_migrate_req_moves_queued_clients_to_the_other_listener(ns: dict[str, Any]) -> None:
+    on, off = ns["migrate_req_1"], ns["migrate_req_0"]
+    assert (on["accepted"], on["reset"]) == (16, 0), on
+    assert on["here"].startswith("on: closing one SO_REUSEPORT listener moves")
+    # With 16 clients hashed over two listeners, all 16 on the second one has odds 2^-16.
+    assert off["accepted"] < 16 and off["accepted"] + off["reset"] == 16, off
+    assert off["here"].startswith("off: closing one SO_REUSEPORT listener resets")
