@@ -130,7 +130,7 @@ def proc_row(sock: socket.socket) -> UdpSocketRow | None:
 
 
 def udp_counters(family: int) -> dict[str, int]:
-    """Host-wide UDP counters for one family: {"RcvbufErrors": n, "NoPorts": n, ...}.
+    """This network namespace's UDP counters for one family: {"RcvbufErrors": n, ...}.
 
     IPv4's are the `Udp:` lines of /proc/net/snmp; IPv6 keeps its own in
     /proc/net/snmp6, one `Udp6RcvbufErrors  12` pair per line. Empty off Linux.
