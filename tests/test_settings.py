@@ -653,6 +653,15 @@ CASES: dict[str, dict[str, Any]] = {
     "retries2_3": dict(
         code=SILENT.format(mode="retries2"), sysctls={"net.ipv4.tcp_retries2": 3, **NO_TLP_1S_RTO}
     ),
+    "retries2_4_rto_max_1s": dict(
+        code=SILENT.format(mode="retries2"),
+        sysctls={
+            "net.ipv4.tcp_retries2": 4,
+            "net.ipv4.tcp_early_retrans": 0,
+            "net.ipv4.tcp_rto_min_us": 500000,
+            "net.ipv4.tcp_rto_max_ms": 1000,
+        },
+    ),
     "retries2_2": dict(
         code=SILENT.format(mode="retries2"), sysctls={"net.ipv4.tcp_retries2": 2, **NO_TLP_1S_RTO}
     ),
@@ -988,3 +997,17 @@ def test_ns_migrate_req_moves_queued_clients_to_the_other_listener(ns: dict[str,
     # With 16 clients hashed over two listeners, all 16 on the second one has odds 2^-16.
     assert off["accepted"] < 16 and off["accepted"] + off["reset"] == 16, off
     assert off["here"].startswith("off: closing one SO_REUSEPORT listener resets")
+
+
+def test_ns_rto_max_caps_the_backoff_and_the_budget(ns: dict[str, Any]) -> None:
+    # tcp_rto_max_ms 1000: timeouts stop doubling at 1 s, and tcp_model_timeout builds the
+    # tcp_retries2 budget with that cap too (1.4 + 2 x 1 = 3.4 s for 4, not 6.2 s): 4
+    # retransmissions and ETIMEDOUT at about 4.5 s, where a 120 s cap would give 3 and 7.6 s.
+    got = ns["retries2_4_rto_max_1s"]
+    stated = rules.retransmit_schedule(4, got["rto"], 1.0)
+    uncapped = rules.retransmit_schedule(4, got["rto"], rules.TCP_RTO_MAX_S)
+    assert stated.retransmissions != uncapped.retransmissions
+    assert got["err"] == 110 and len(got["sends"]) == stated.retransmissions, got
+    assert stated.gives_up_s * 0.99 <= got["when"] <= stated.gives_up_s * rules.LATE_MAX + 0.1
+    here = got["here"]["net.ipv4.tcp_retries2"]
+    assert "a time budget of 3.4 s" in here and "capped at 1 s" in here, here

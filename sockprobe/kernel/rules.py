@@ -28,7 +28,8 @@ TCP_TIMEOUT_INIT_S = 1.0
 #: include/net/tcp.h: TCP_RTO_MIN (200 ms). retransmits_timed_out() uses this constant,
 #: not the tcp_rto_min_us sysctl, as the base of an established connection's budget.
 TCP_RTO_MIN_S = 0.2
-#: include/net/tcp.h: TCP_RTO_MAX, 120 s (tcp_rto_max_ms lowers the backoff cap, 6.15+).
+#: include/net/tcp.h: TCP_RTO_MAX, 120 s (tcp_rto_max_ms lowers it per namespace, 6.15+:
+#: both the backoff and the budgets of tcp_model_timeout follow it, measured).
 TCP_RTO_MAX_S = 120.0
 #: include/net/tcp.h: TCP_TIMEWAIT_LEN, 60 s, compiled in.
 TCP_TIMEWAIT_LEN_S = 60.0
@@ -90,7 +91,9 @@ class Settings:
 # -- the numeric rules --------------------------------------------------------------------
 def model_timeout(boundary: int, rto_base: float, rto_max: float = TCP_RTO_MAX_S) -> float:
     """tcp_timer.c tcp_model_timeout(): the time `boundary` retransmissions would take if
-    the timeout doubled from `rto_base` up to TCP_RTO_MAX. This is the time budget that
+    the timeout doubled from `rto_base` up to the RTO cap (TCP_RTO_MAX, or tcp_rto_max_ms
+    where the kernel has it: measured, a 1 s cap shrinks tcp_retries2 6 from 25.4 s to
+    5.4 s). This is the time budget that
     retransmits_timed_out() compares with the time since the first transmission."""
     thresh = int(math.log2(rto_max / rto_base)) if rto_base > 0 else 0
     if boundary <= thresh:
@@ -129,7 +132,7 @@ def syn_schedule(
     (131.0, 7.0)
     """
     max_retx = retries + linear
-    budget = model_timeout(retries, rto, TCP_RTO_MAX_S)
+    budget = model_timeout(retries, rto, rto_max)
     t, cur = 0.0, rto
     sends: list[float] = []
     while True:
@@ -164,7 +167,7 @@ def retransmit_schedule(
     of retransmissions is never compared. `late` scales every timeout (timer slack); a
     tail loss probe (tcp_early_retrans) may add one probe before the first timeout.
     """
-    budget = model_timeout(retries, base, TCP_RTO_MAX_S)
+    budget = model_timeout(retries, base, rto_max)
     t, cur = 0.0, rto
     sends: list[float] = []
     while True:
@@ -270,6 +273,11 @@ def _rto(s: Settings) -> tuple[float, str]:
     return rto, f"the RTO at its {rto * 1000:g} ms floor as on loopback"
 
 
+def _capped(s: Settings) -> str:
+    cap = _rto_max(s)
+    return "" if cap == TCP_RTO_MAX_S else f", capped at {cap:g} s,"
+
+
 def _rto_max(s: Settings) -> float:
     ms = s.int("net.ipv4.tcp_rto_max_ms")
     return ms / 1000 if ms else TCP_RTO_MAX_S
@@ -366,7 +374,7 @@ def tcp_syn_retries(s: Settings) -> str:
     n = _need(s.int("net.ipv4.tcp_syn_retries"))
     lin = s.int("net.ipv4.tcp_syn_linear_timeouts")
     sch = syn_schedule(n, lin or 0, rto_max=_rto_max(s))
-    budget = model_timeout(n, TCP_TIMEOUT_INIT_S)
+    budget = model_timeout(n, TCP_TIMEOUT_INIT_S, _rto_max(s))
     linear = f" and tcp_syn_linear_timeouts {lin}" if lin is not None else " (no linear timeouts)"
     return (
         f"a time budget of {duration(budget)} from the first SYN, with initial RTO 1 s{linear}: "
@@ -415,8 +423,9 @@ def synack_schedule(retries: int, rto: float = TCP_TIMEOUT_INIT_S) -> Schedule:
 def tcp_retries1(s: Settings) -> str:
     n = _need(s.int("net.ipv4.tcp_retries1"))
     return (
-        f"after {duration(model_timeout(n, TCP_RTO_MIN_S))} of unacknowledged retransmissions "
-        "(budget from 200 ms doubling) the route is re-checked and path MTU probing may "
+        f"after {duration(model_timeout(n, TCP_RTO_MIN_S, _rto_max(s)))} of unacknowledged "
+        "retransmissions (budget from 200 ms doubling) the route is re-checked and path MTU "
+        "probing may "
         "start; the connection goes on"
     )
 
@@ -426,8 +435,10 @@ def tcp_retries2(s: Settings) -> str:
     n = _need(s.int("net.ipv4.tcp_retries2"))
     rto, where = _rto(s)
     return (
-        f"a time budget of {duration(model_timeout(n, TCP_RTO_MIN_S))} from the first "
-        f"timeout retransmission (what {n} timeouts doubling from 200 ms add up to); with "
+        f"a time budget of {duration(model_timeout(n, TCP_RTO_MIN_S, _rto_max(s)))} from the "
+        "first "
+        f"timeout retransmission (what {n} timeouts doubling from 200 ms{_capped(s)} add up "
+        "to); with "
         f"{where}, unacknowledged data fails with ETIMEDOUT "
         f"{retransmit_outcome(n, rto, _rto_max(s))}"
     )
@@ -437,7 +448,7 @@ def tcp_retries2(s: Settings) -> str:
 def tcp_orphan_retries(s: Settings) -> str:
     v = _need(s.int("net.ipv4.tcp_orphan_retries"))
     rto, where = _rto(s)
-    n = orphan_retries(v, rto)
+    n = orphan_retries(v, rto, _rto_max(s))
     zero = " (0 means 8)" if v == 0 else ""
     return (
         f"a closed socket whose data or FIN goes unacknowledged uses {n}{zero} instead of "
@@ -494,7 +505,10 @@ def tcp_rto_min_us(s: Settings) -> str:
 @rule("net.ipv4.tcp_rto_max_ms")
 def tcp_rto_max_ms(s: Settings) -> str:
     ms = _need(s.int("net.ipv4.tcp_rto_max_ms"))
-    return f"retransmission timeouts double up to {ms / 1000:g} s, not beyond"
+    return (
+        f"retransmission timeouts double up to {ms / 1000:g} s, not beyond, and the time "
+        "budgets of tcp_retries2 and tcp_syn_retries are computed with this cap"
+    )
 
 
 # -- closing: FIN_WAIT2, TIME_WAIT, orphans --------------------------------------------------
