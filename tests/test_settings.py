@@ -571,6 +571,47 @@ print(json.dumps({{"accepted": len(accepted), "reset": reset,
                   "here": rules.here("net.ipv4.tcp_migrate_req", st)}}))
 """
 
+#: tcp_rfc1337: an in-window RST (sequence number = the TIME_WAIT socket's rcv_nxt, the
+#: server's FIN + 1, read from the FIN captured on lo with an AF_PACKET socket) sent with a
+#: raw socket to a client in TIME_WAIT; then is the TIME_WAIT still in /proc/net/tcp?
+RST = r"""
+import json, socket, struct, time
+from sockprobe import kernel
+from sockprobe.kernel import rules
+from sockprobe.probes.settings import table
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+sniff.bind(("lo", 0)); sniff.settimeout(2)
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname(), timeout=2); s, _ = l.accept()
+cport, sport = c.getsockname()[1], s.getsockname()[1]
+c.close(); time.sleep(0.01); s.close()
+fin_seq = None
+end = time.monotonic() + 2
+while fin_seq is None and time.monotonic() < end:
+    frame = sniff.recv(2048)[14:]
+    ihl = (frame[0] & 15) * 4
+    src, dst, seq, _, off_flags = struct.unpack("!HHIIH", frame[ihl:ihl + 14])
+    if src == sport and dst == cport and off_flags & 1:
+        fin_seq = seq
+sniff.close()
+def tw():
+    return any(r.state == 6 and r.remote[1] == sport for r in kernel.proc_net_sockets("tcp", cport))
+before = tw()
+hdr = struct.pack("!HHIIBBHHH", sport, cport, fin_seq + 1, 0, 5 << 4, 0x04, 0, 0, 0)
+pseudo = socket.inet_aton("127.0.0.1") * 2 + struct.pack("!BBH", 0, 6, len(hdr))
+data = pseudo + hdr
+csum = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+while csum >> 16:
+    csum = (csum & 0xFFFF) + (csum >> 16)
+hdr = hdr[:16] + struct.pack("!H", ~csum & 0xFFFF) + hdr[18:]
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+raw.sendto(hdr, ("127.0.0.1", 0)); raw.close()
+time.sleep(0.1)
+st = rules.Settings(table.raw_settings())
+print(json.dumps({{"before": before, "after": tw(),
+                  "here": rules.here("net.ipv4.tcp_rfc1337", st)}}))
+"""
+
 NO_TLP_1S_RTO = {"net.ipv4.tcp_early_retrans": 0, "net.ipv4.tcp_rto_min_us": 1000000}
 
 #: Settings changed together for one probe run: each shows in a different check.
@@ -649,6 +690,8 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     "migrate_req_1": dict(code=MIGRATE.format(), sysctls={"net.ipv4.tcp_migrate_req": 1}),
     "migrate_req_0": dict(code=MIGRATE.format(), sysctls={"net.ipv4.tcp_migrate_req": 0}),
+    "rfc1337_0": dict(code=RST.format(), sysctls={"net.ipv4.tcp_rfc1337": 0}),
+    "rfc1337_1": dict(code=RST.format(), sysctls={"net.ipv4.tcp_rfc1337": 1}),
     "synack_2": dict(code=SYNACK.format(), sysctls={"net.ipv4.tcp_synack_retries": 2}),
     "retries2_3": dict(
         code=SILENT.format(mode="retries2"), sysctls={"net.ipv4.tcp_retries2": 3, **NO_TLP_1S_RTO}
@@ -1011,3 +1054,11 @@ def test_ns_rto_max_caps_the_backoff_and_the_budget(ns: dict[str, Any]) -> None:
     assert stated.gives_up_s * 0.99 <= got["when"] <= stated.gives_up_s * rules.LATE_MAX + 0.1
     here = got["here"]["net.ipv4.tcp_retries2"]
     assert "a time budget of 3.4 s" in here and "capped at 1 s" in here, here
+
+
+def test_ns_rfc1337_decides_whether_an_rst_ends_time_wait(ns: dict[str, Any]) -> None:
+    off, on = ns["rfc1337_0"], ns["rfc1337_1"]
+    assert (off["before"], off["after"]) == (True, False), off
+    assert off["here"].startswith("an in-window RST ends a TIME_WAIT socket early")
+    assert (on["before"], on["after"]) == (True, True), on
+    assert on["here"].startswith("RSTs are ignored in TIME_WAIT")

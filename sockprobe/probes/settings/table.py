@@ -18,7 +18,7 @@ from sockprobe.report import NA, Cell, Report, col
 
 NOT_LINUX = "no /proc/sys on this platform"
 #: No probe shows these yet; tests/test_settings.py measures them in namespaces.
-TESTS = "none yet (tests: silent peer)"
+TESTS = "none yet (measured by tests/test_settings.py)"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("net.ipv4.tcp_keepalive_intvl", "s", "time between keepalive probes", TESTS),
     S("net.ipv4.tcp_keepalive_probes", "", "unanswered probes that end it", TESTS),
     S("net.ipv4.tcp_rto_min_us", "µs", "floor on the retransmission timeout", "kernel (timers)"),
-    S("net.ipv4.tcp_rto_max_ms", "ms", "cap on the retransmission timeout", "none yet"),
+    S("net.ipv4.tcp_rto_max_ms", "ms", "cap on the retransmission timeout", TESTS),
     S(
         "net.ipv4.tcp_fin_timeout",
         "s",
@@ -66,7 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("net.ipv4.tcp_max_orphans", "", "closed-but-unfinished sockets kept", "none yet"),
     S("net.ipv4.tcp_tw_reuse", "", "connect() taking over a TIME_WAIT 4-tuple", "reuseaddr"),
     S("net.ipv4.tcp_tw_reuse_delay", "ms", "TIME_WAIT age before reuse", "reuseaddr"),
-    S("net.ipv4.tcp_rfc1337", "", "RSTs received in TIME_WAIT", "none yet"),
+    S("net.ipv4.tcp_rfc1337", "", "RSTs received in TIME_WAIT", TESTS),
     S("net.ipv4.tcp_migrate_req", "", "queued clients of a closed REUSEPORT listener", "reuseaddr"),
     S("net.ipv4.tcp_timestamps", "", "TCP timestamps option in the SYN", "kernel, reuseaddr"),
     S("net.ipv4.tcp_window_scaling", "", "window scale option in the SYN", "kernel"),
