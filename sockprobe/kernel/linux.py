@@ -112,7 +112,8 @@ def sysctl(name: str) -> str | None:
 
 
 def netstat_counters() -> dict[str, dict[str, int]]:
-    """Host-wide SNMP-style counters from /proc/net/netstat and /proc/net/snmp.
+    """SNMP-style counters of this network namespace from /proc/net/netstat and
+    /proc/net/snmp (per namespace: in a container, the container's, not the host's).
 
     Both files pair a header line with a value line per group, e.g.::
 

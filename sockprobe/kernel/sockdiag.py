@@ -1,12 +1,14 @@
 """A small sock_diag(7) netlink client: the interface `ss` uses, without pyroute2.
 
 Why not /proc/net/tcp alone: it omits TCP sockets that are bound but not listening
-(they hold a port, so a bind fails with EADDRINUSE, yet no tool that reads /proc shows
-them), it does not say whether a `[::]` socket is IPV6_V6ONLY, and it has no per-socket
-drop counter for TCP. sock_diag answers all three:
+(they hold a port, so a bind fails with EADDRINUSE, yet /proc/net/tcp, lsof, fuser and
+ss before iproute2 6.8 do not show them; iproute2 6.8+ shows them with `ss -tB`), it
+does not say whether a `[::]` socket is IPV6_V6ONLY, and it has no per-socket drop
+counter for TCP. sock_diag answers all three:
 
-- the state filter bit TCP_BOUND_INACTIVE (13, Linux >= 6.9) asks for bound-inactive
-  sockets, which the kernel reports with state TCP_CLOSE (7);
+- the state filter bit TCP_BOUND_INACTIVE (13, Linux 6.8+) asks for bound-inactive
+  sockets, which the kernel reports with state TCP_CLOSE (7): 13 is only the request's
+  filter bit, never a reported state;
 - INET_DIAG_SKV6ONLY is attached for AF_INET6 sockets in LISTEN or CLOSE;
 - INET_DIAG_SKMEMINFO carries SK_MEMINFO_DROPS (what `ss -m` prints as `d`).
 
