@@ -20,10 +20,12 @@ The connection is then aborted (ETIMEDOUT) by the first retransmission timer tha
 once `retrans_stamp` is at least that long ago; the timer runs on the connection's own
 RTO, doubled per backoff and capped at rto_max (tcp_retransmit_timer()). For data,
 retrans_stamp is the time of the timer's first retransmission, not of the original send,
-and the abort waits for the next firing after the budget, so the default 15 gives up
-after about 17 minutes, not the 924.6 s budget: measured in a namespace with
+and the abort waits for the next firing after the budget: measured in a namespace with
 tcp_retries2 2 and 3 (budgets 1.4 s and 3.0 s), the aborts came at 3.3 s and 6.7 s, where
-give_up() puts them.
+give_up() puts them. For the default 15 the budget ends within a fraction of a second of
+the 15th firing, so whether the abort comes there (about 926 s) or one 120 s timer later
+depends on how late the timers fire; the sentences use kernel/rules.py
+retransmit_outcome(), which states that range.
 
 Keepalive (tcp_keepalive_timer()): the first probe goes out when the connection has been
 idle for TCP_KEEPIDLE (tcp_keepalive_time), one more every TCP_KEEPINTVL, and the timer

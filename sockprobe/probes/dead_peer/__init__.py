@@ -16,7 +16,7 @@ the probes and retransmissions TCP_INFO counted:
 from __future__ import annotations
 
 from sockprobe import kernel
-from sockprobe.kernel import retries
+from sockprobe.kernel import retries, rules
 from sockprobe.lab import Lab
 from sockprobe.probes import Stopwatch, plural
 from sockprobe.probes.dead_peer import connect, idle, unacked, zero_window
@@ -68,7 +68,10 @@ def run(params: Params) -> Report:
         give = retries.give_up(
             retries2, none.first_rto_ms, first_ms=none.first_retrans_s * 1000, rto_max_ms=rto_max
         )
-        none.predicted_s = give.abort_ms / 1000
+        # The predicted column follows kernel/rules.py, with timers firing on time (the
+        # findings state the range slack allows).
+        sched = rules.retransmit_schedule(retries2, none.first_rto_ms / 1000, rto_max / 1000)
+        none.predicted_s = none.first_retrans_s + sched.gives_up_s - sched.sends[0]
     if uut.first_retrans_s is not None:
         uut.predicted_s = uut.first_retrans_s + params.user_timeout / 1000
     # Against a zero window the clock starts at the first window probe (icsk_probes_tstamp
@@ -128,6 +131,12 @@ def _findings(
     uut, unone = out["unacked_user_timeout"], out["unacked_none"]
     znone, zka, zut = (out[f"zero_window_{k}"] for k in ("none", "keepalive", "user_timeout"))
     con = out["connect_user_timeout"]
+    # The abort time by the kernel's rule, with the timers' slack (kernel/rules.py).
+    outcome = (
+        rules.retransmit_outcome(retries2, unone.first_rto_ms / 1000, rto_max / 1000)
+        if give is not None and retries2 is not None and unone.first_rto_ms
+        else None
+    )
 
     if _blocked(none):
         f.append(
@@ -180,9 +189,8 @@ def _findings(
                 f"{_s(unone.first_retrans_s)} the backoff schedule predicts {expected} by then. "
                 f"By the kernel's rule tcp_retries2 {retries2} is a budget of "
                 f"{give.budget_ms / 1000:g} s counted from that first retransmission, and the "
-                f"abort waits for the next timer after it: ETIMEDOUT after "
-                f"{_minutes(give.abort_ms / 1000)} ({give.abort_ms / 1000:g} s, "
-                f"{plural(give.retransmissions, 'retransmission')}; computed, not waited for)"
+                f"abort comes at the first timer after it: ETIMEDOUT {outcome} (computed, not "
+                "waited for)"
             )
         f.append(text + ".")
     if _blocked(znone) and zka.na is None:
@@ -242,9 +250,9 @@ def _findings(
             f"dead idle peer after tcp_keepalive_time {kt} + tcp_keepalive_intvl {ki} x "
             f"tcp_keepalive_probes {kp} = {total:g} s ({_minutes(total)})"
             + (
-                f"; unacknowledged data is given up after {_minutes(give.abort_ms / 1000)} "
-                f"(tcp_retries2 {retries2}; both computed by the kernel's rules)."
-                if give is not None
+                f"; unacknowledged data is given up {outcome} (tcp_retries2 {retries2}; both "
+                "computed by the kernel's rules)."
+                if outcome is not None
                 else "."
             )
         )
