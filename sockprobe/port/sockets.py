@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from sockprobe import kernel
 from sockprobe.kernel import portdiag
@@ -165,46 +166,57 @@ FALLBACK_LIMITS = (
 
 
 def collect_psutil(port: int, protocols: tuple[str, ...]) -> tuple[list[Held], Holders, list[str]]:
-    """The sockets on `port` and their holders from psutil (one call per protocol). psutil
-    gives no inode, so each distinct socket gets a negative stand-in number."""
+    """The sockets on `port` and their holders from psutil. psutil.net_connections() lists
+    each socket once, with one pid (on Linux the first /proc/PID/fd it met), so every
+    holder comes from each process's own connection list (Process.net_connections),
+    which names a socket once per process holding it. psutil gives no inode: each
+    distinct socket gets a negative stand-in number."""
     import psutil
 
     held: list[Held] = []
     holders = Holders()
     ids: dict[tuple[object, ...], int] = {}
     problems: list[str] = []
+
+    def key_of(c: Any, proto: str) -> tuple[object, ...] | None:
+        if not c.laddr or c.laddr.port != port:
+            return None
+        wild = "::" if c.family == socket.AF_INET6 else "0.0.0.0"
+        remote = (c.raddr.ip, c.raddr.port) if c.raddr else (wild, 0)
+        state = (1 if c.raddr else 7) if proto == "udp" else _PSUTIL_STATES.get(c.status, 7)
+        return (c.family, proto, (c.laddr.ip, c.laddr.port), remote, state)
+
+    def add(key: tuple[object, ...]) -> int:
+        if key not in ids:
+            ids[key] = -(len(ids) + 1)
+            family, proto, local, remote, state = key
+            number = socket.IPPROTO_TCP if proto == "tcp" else socket.IPPROTO_UDP
+            sock = portdiag.PortSocket(
+                family, number, state, local, remote, 0, 0, 0, 0, -1, ids[key], None, None  # type: ignore[arg-type]
+            )
+            held.append(Held(sock))
+        return ids[key]
+
     for proto in protocols:
         try:
-            conns = psutil.net_connections(kind=proto)
+            for c in psutil.net_connections(kind=proto):
+                key = key_of(c, proto)
+                if key is not None:
+                    add(key)
         except psutil.AccessDenied:
             problems.append(f"psutil.net_connections({proto!r}) was refused (AccessDenied)")
+    for proc in psutil.process_iter():
+        try:
+            conns = [(proto, c) for proto in protocols for c in proc.net_connections(kind=proto)]
+        except psutil.AccessDenied:
+            holders.denied.append(proc.pid)
             continue
-        for c in conns:
-            if not c.laddr or c.laddr.port != port:
-                continue
-            remote = (c.raddr.ip, c.raddr.port) if c.raddr else (
-                "::" if c.family == socket.AF_INET6 else "0.0.0.0", 0
-            )
-            local = (c.laddr.ip, c.laddr.port)
-            state = _PSUTIL_STATES.get(c.status, 7)
-            if proto == "udp":
-                state = 7 if not c.raddr else 1
-            key = (c.family, proto, local, remote, state)
-            if key not in ids:
-                # Two listeners on one address (SO_REUSEPORT) are merged here: psutil
-                # gives no inode to tell them apart.
-                ids[key] = -(len(ids) + 1)
-                number = socket.IPPROTO_TCP if proto == "tcp" else socket.IPPROTO_UDP
-                held.append(
-                    Held(
-                        portdiag.PortSocket(
-                            c.family, number, state, local, remote, 0, 0, 0, 0, -1,
-                            ids[key], None, None,
-                        )
-                    )
-                )
-            if c.pid is not None and c.fd is not None and c.fd >= 0:
-                holders.fds.setdefault(ids[key], []).append((c.pid, c.fd))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        for proto, c in conns:
+            key = key_of(c, proto)
+            if key is not None:
+                holders.fds.setdefault(add(key), []).append((proc.pid, c.fd))
     for pid in sorted({p for fds in holders.fds.values() for p, _ in fds}):
         info: Proc | None = psutil_info(pid)
         if info is not None:
