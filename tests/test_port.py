@@ -425,3 +425,111 @@ def test_psutil_fallback_agrees_with_netlink_on_listeners_and_pids(holder):
     out = module(str(hs[1].info["port"]), "--tcp", "--json", env={**os.environ, "SOCKPROBE_PORT_FALLBACK": "1"})
     doc = json.loads(out.stdout)
     assert any(x["pids"] == [hs[1].pid] for x in doc["holders"] if x["state"] == "LISTEN")
+
+
+# -- managers ---------------------------------------------------------------------------------
+CGROUP2 = next(
+    (p for p in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup") if os.path.exists(f"{p}/cgroup.procs")),
+    None,
+)
+
+
+@pytest.fixture
+def cgroup() -> Iterator[Callable[[str, int], None]]:
+    """Move a pid into a real cgroup v2 directory named like a unit or container scope;
+    every directory made is removed afterwards (once its processes have gone)."""
+    if os.geteuid() != 0 or CGROUP2 is None:
+        pytest.skip("needs root and a writable cgroup v2 hierarchy")
+    def move(rel: str, pid: int) -> None:
+        assert rel.startswith("sockprobe-test.slice/")
+        d = Path(CGROUP2, rel)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cgroup.procs").write_text(f"{pid}\n")
+
+    yield move
+    slice_ = Path(CGROUP2, "sockprobe-test.slice")
+    for dirpath, _dirs, _files in os.walk(slice_, topdown=False):
+        d = Path(dirpath)
+        # Move whatever is still inside back to the root cgroup, then remove the directory.
+        for pid in (d / "cgroup.procs").read_text().split():
+            try:
+                Path(CGROUP2, "cgroup.procs").write_text(f"{pid}\n")
+            except OSError:  # ESRCH: it exited meanwhile
+                pass
+        end = time.monotonic() + 5
+        while True:
+            try:
+                d.rmdir()
+                break
+            except OSError:  # EBUSY while an exiting process is still counted
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.02)
+
+
+def test_holder_in_a_systemd_service_cgroup_gets_the_stop_command(holder, cgroup):
+    h = holder("listen")
+    p = h.info["port"]
+    cgroup("sockprobe-test.slice/sockprobe-test.service", h.pid)
+    r = port(p, tcp=True)
+    assert managers.read_cgroup(h.pid) == "/sockprobe-test.slice/sockprobe-test.service"
+    proc = r.report.get("processes").find(pid=h.pid)
+    assert proc["managed_by"] == "systemd unit sockprobe-test.service"
+    (held,) = [x for x in r.data["holders"] if x["state"] == "LISTEN"]
+    assert held["unit"] == "sockprobe-test.service" and held["container"] is None
+    f = r.report.findings[0]
+    assert "`systemctl stop sockprobe-test.service`" in f
+    assert "Restart=" in f  # no unit file here: the warning is conditional, and says so
+    assert "kill " + str(h.pid) not in f
+    # --kill --yes does not signal it (systemd would restart it) ...
+    k = port(p, tcp=True, kill=True, yes=True, grace=0.2)
+    assert k.actions[0]["action"] == "stop" and h.proc.poll() is None
+    assert "systemctl stop sockprobe-test.service" in k.report.summary
+    assert k.exit_code == 1
+    # ... unless --force.
+    k = port(p, tcp=True, kill=True, yes=True, force=True)
+    assert k.actions[0]["action"] == "signal" and k.actions[0]["result"] == "exited"
+    assert h.proc.wait(5) == -signal.SIGTERM
+
+
+def test_holder_in_a_docker_scope_names_the_container(holder, cgroup):
+    h = holder("listen")
+    p = h.info["port"]
+    cid = "ab12" * 16
+    cgroup(f"sockprobe-test.slice/docker-{cid}.scope", h.pid)
+    r = port(p, tcp=True)
+    (held,) = [x for x in r.data["holders"] if x["state"] == "LISTEN"]
+    assert held["container"] == cid
+    m = r.report.get("processes").find(pid=h.pid)["managed_by"]
+    assert m.startswith(f"docker container {cid[:12]}")
+    assert f"`docker stop {cid[:12]}`" in r.report.findings[0]
+
+
+def test_cgroup_paths_of_each_runtime():
+    hexid = "0123456789abcdef" * 4
+    assert managers.container_of(f"/system.slice/docker-{hexid}.scope") == ("docker", hexid)
+    assert managers.container_of(f"/docker/{hexid}") == ("docker", hexid)
+    assert managers.container_of(f"/machine.slice/libpod-{hexid}.scope") == ("podman", hexid)
+    assert managers.container_of(
+        f"/kubepods.slice/kubepods-pod1.slice/cri-containerd-{hexid}.scope"
+    ) == ("kubernetes", hexid)
+    assert managers.container_of("/system.slice/nginx.service") is None
+    assert managers.unit_of("/system.slice/nginx.service") == "nginx.service"
+    assert managers.unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/x.service") == "x.service"
+
+
+def test_docker_proxy_argv_is_named_with_what_it_forwards(holder):
+    p = free_port()
+    h = holder(
+        "listen-on", str(p), "-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port", str(p),
+        "-container-ip", "172.17.0.2", "-container-port", "80", argv0="docker-proxy",
+    )
+    r = port(p, tcp=True)
+    proc = r.report.get("processes").find(pid=h.pid)
+    assert proc["command"].startswith("docker-proxy ")
+    assert proc["managed_by"] == (
+        f"forwarder docker-proxy (tcp 127.0.0.1:{p} to container 172.17.0.2:80)"
+    )
+    assert f"docker ps --filter publish={p}" in r.report.findings[0]
+    k = port(p, tcp=True, kill=True, yes=True, grace=0.2)
+    assert k.actions[0]["action"] == "stop" and h.proc.poll() is None
