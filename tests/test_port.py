@@ -533,3 +533,142 @@ def test_docker_proxy_argv_is_named_with_what_it_forwards(holder):
     assert f"docker ps --filter publish={p}" in r.report.findings[0]
     k = port(p, tcp=True, kill=True, yes=True, grace=0.2)
     assert k.actions[0]["action"] == "stop" and h.proc.poll() is None
+
+
+# -- targets as pasted ------------------------------------------------------------------------
+def test_every_target_form_parses():
+    http = socket.getservbyname("http", "tcp")
+    cases = {
+        "8080": (8080, "", ""),
+        ":8080": (8080, "", ""),
+        "*:8080": (8080, "", ""),
+        "127.0.0.1:8080": (8080, "", "127.0.0.1"),
+        "[::1]:8080": (8080, "", "::1"),
+        "[::]:8080": (8080, "", "::"),
+        "0.0.0.0:8080": (8080, "", "0.0.0.0"),
+        "tcp/8080": (8080, "tcp", ""),
+        "8080/udp": (8080, "udp", ""),
+        "UDP/53": (53, "udp", ""),
+        "http": (http, "", ""),
+        "http/tcp": (http, "tcp", ""),
+    }
+    for text, (p, proto, address) in cases.items():
+        t = parse_target(text)
+        assert (t.port, t.proto, t.address) == (p, proto, address), text
+    local = parse_target("localhost:8080")
+    assert local.port == 8080 and local.address in ("127.0.0.1", "::1")
+    assert parse_target("/run/app.sock").unix == "/run/app.sock"
+    assert parse_target("./app.sock").unix == "./app.sock"
+    assert parse_target("@name").unix == "@name"
+
+
+def test_an_address_in_the_target_sets_the_trial_address(holder):
+    h = holder("listen")
+    p = h.info["port"]
+    for target, address in ((f"127.0.0.1:{p}", "127.0.0.1"), (f"localhost:{p}", None), (f":{p}", "0.0.0.0")):
+        r = port(target, check=True)
+        (t,) = [x for x in r.report.get("trials").rows if x["check"] and x["proto"] == "tcp"]
+        if address:
+            assert t["address"] == f"{address}:{p}"
+        assert r.exit_code == 1 and r.report.get("sockets").find(state="LISTEN")["pid"] == h.pid
+    r = port(f"127.0.0.2:{p}", tcp=True, check=True)  # 127.0.0.2 does not overlap
+    assert r.exit_code == 0 and trial(r, "tcp", f"127.0.0.2:{p}")["check"] is True
+    if can_ipv6():
+        r = port(f"[::1]:{p}", tcp=True, check=True)
+        assert r.exit_code == 0 and trial(r, "tcp", f"[::1]:{p}", "default (dual-stack)")["check"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["0"], ["70000"], ["-5"], ["no-such-service-xyz"], ["1.2.3.4.5:80"], ["[::1:80"],
+        ["::1:80"], ["/tmp/x.sock", "--tcp"], ["80", "--limit", "-1"], ["9" * 5000],
+        ["tcp/80", "--udp"], ["80", "--yes"], ["80", "--signal", "BOGUS"], ["a" * 200 + "/" + "b" * 200],
+    ],
+    ids=lambda a: " ".join(a)[:30],
+)
+def test_bad_targets_exit_2_with_one_line(args):
+    r = module(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sockprobe:") and "Traceback" not in r.stderr
+    assert len(lines[0]) < 300
+
+
+# -- --check: could a new listener start now ----------------------------------------------------
+def test_check_reuseaddr_after_a_reuseaddr_server_closed_first():
+    """The issue's case: a server that set SO_REUSEADDR exits first and leaves a TIME_WAIT.
+    A plain bind fails for 60 s; the same server (SO_REUSEADDR) could start at once."""
+    p = time_wait_port(reuse=1)
+    plain = port(p, tcp=True, check=True)
+    assert plain.exit_code == 1 and plain.data["free"] == {"plain": False, "reuseaddr": True}
+    reuse = port(p, tcp=True, check=True, reuseaddr=True)
+    assert reuse.exit_code == 0
+    assert "`--check --reuseaddr` exits 0" in reuse.report.findings[0]
+    assert "TIME_WAIT" in reuse.report.summary
+    # The kernel agrees: a SO_REUSEADDR listener starts on the port now.
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", p))
+        s.listen(1)
+    # A server that did not set it leaves a TIME_WAIT that blocks both.
+    q = time_wait_port(reuse=0)
+    r = port(q, tcp=True, check=True, reuseaddr=True)
+    assert r.exit_code == 1 and r.data["free"] == {"plain": False, "reuseaddr": False}
+    assert "had not set it" in r.report.findings[0]
+
+
+def test_check_quiet_prints_nothing_and_answers(holder):
+    h = holder("listen")
+    busy = module(str(h.info["port"]), "--check", "-q")
+    assert (busy.returncode, busy.stdout, busy.stderr) == (1, "", "")
+    free = module(str(free_port()), "--tcp", "--check", "-q")
+    assert (free.returncode, free.stdout, free.stderr) == (0, "", "")
+
+
+@needs_ipv6
+def test_plain_v6_trial_follows_bindv6only(netns):
+    """With bindv6only=1 a plain [::] bind is IPv6-only, so it succeeds beside an IPv4
+    listener: `--check --host ::1` exits 0 and says it was IPv6-only (read back)."""
+    code = r'''
+import json, socket, sys
+from sockprobe.port import Params, run
+lst = socket.socket(); lst.bind(("0.0.0.0", 8080)); lst.listen(1)
+out = {}
+for host in ("::1", "127.0.0.1"):
+    r = run(Params(target="8080", tcp=True, check=True, host=host))
+    (t,) = [x for x in r.report.get("trials").rows if x["check"]]
+    out[host] = [r.exit_code, t["address"], t["ipv6_only"], t["plain"], r.report.findings]
+print(json.dumps(out))
+'''
+    for bv6, want in ((1, (0, "IPv6-only", "ok")), (0, (1, "dual-stack", "EADDRINUSE"))):
+        p = netns.in_netns(code, sysctls={"net.ipv6.bindv6only": bv6})
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout)
+        code6, address, mode, plain, findings = out["::1"]
+        assert (code6, mode.split("(")[1].rstrip(")"), plain) == want, out
+        assert address == "[::]:8080"
+        assert any(f"net.ipv6.bindv6only is {bv6}" in f for f in findings)
+        assert out["127.0.0.1"][0] == 1  # 0.0.0.0 is taken either way
+
+
+def test_runs_with_the_ephemeral_range_exhausted(netns):
+    """No ephemeral port left (the range is one port, and it is taken): port still runs,
+    and says the range is exhausted."""
+    code = r'''
+import json, socket
+from sockprobe.port import Params, run
+hold = socket.socket(); hold.bind(("127.0.0.1", 40000)); hold.listen(1)
+probe = socket.socket()
+try:
+    probe.bind(("127.0.0.1", 0)); exhausted = False
+except OSError:
+    exhausted = True
+r = run(Params(target="8080", check=True))
+print(json.dumps([exhausted, r.exit_code, r.report.summary, r.report.findings]))
+'''
+    p = netns.in_netns(code, sysctls={"net.ipv4.ip_local_port_range": "40000 40000"})
+    assert p.returncode == 0, p.stderr
+    exhausted, exit_code, summary, findings = json.loads(p.stdout)
+    assert exhausted and exit_code == 0 and "free" in summary
+    assert any("ephemeral port range is exhausted" in f and "EADDRINUSE" in f for f in findings)
