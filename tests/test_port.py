@@ -672,3 +672,127 @@ print(json.dumps([exhausted, r.exit_code, r.report.summary, r.report.findings]))
     exhausted, exit_code, summary, findings = json.loads(p.stdout)
     assert exhausted and exit_code == 0 and "free" in summary
     assert any("ephemeral port range is exhausted" in f and "EADDRINUSE" in f for f in findings)
+
+
+# -- --wait -----------------------------------------------------------------------------------
+def test_wait_returns_when_the_listener_exits_and_times_out_on_time_wait(holder):
+    """Both cases wait on kernel timers or processes, so they run side by side."""
+    h = holder("brief", "1.0")
+    p = h.info["port"]
+    q = time_wait_port(reuse=0)
+    lines: list[str] = []
+    with ThreadPoolExecutor(2) as pool:
+        t0 = time.monotonic()
+        a = pool.submit(port, p, tcp=True, wait=10.0, progress=lines.append)
+        b = pool.submit(port, q, tcp=True, wait=1.0)
+        ra, rb = a.result(), b.result()
+        took = time.monotonic() - t0
+    assert ra.exit_code == 0 and ra.data["free"]["plain"]
+    assert ra.report.summary.startswith(f"port {p}: free after")
+    w = ra.report.get("wait")
+    assert w.rows[0]["held_by"] == f"LISTEN pid {h.pid}" and w.rows[-1]["held_by"] == "free"
+    assert 0.5 <= w.rows[-1]["at_s"] < 8
+    assert lines and lines[0] == f"port {p}: LISTEN pid {h.pid}"
+    # The TIME_WAIT does not go in 1 s: exit 1, and what is left is said in seconds.
+    assert rb.exit_code == 1
+    left = rb.report.get("wait").rows[0]["held_by"]
+    assert left.startswith("1 TIME_WAIT, ") and left.endswith(" s left")
+    assert 50 <= int(left.split(", ")[1].split()[0]) <= 60
+    assert took < 9
+
+
+def test_wait_with_reuseaddr_is_free_at_once_beside_a_reuseaddr_time_wait():
+    p = time_wait_port(reuse=1)
+    r = port(p, tcp=True, wait=5.0, reuseaddr=True)
+    assert r.exit_code == 0 and r.report.get("wait").rows[0]["held_by"] == "free"
+
+
+def test_wait_ctrl_c_exits_130(holder):
+    h = holder("listen")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockprobe.port", str(h.info["port"]), "--wait", "30"],
+        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130 and "interrupted" in err
+
+
+# -- --kill -----------------------------------------------------------------------------------
+def test_kill_signals_the_listener_and_spares_its_client(holder):
+    """A child listener, and another process with a *client* connection to that port:
+    only the listener's holder is signalled; the client survives."""
+    srv = holder("listen-on", str(free_port()))
+    p = srv.info["port"]
+    client = holder("client", str(p))
+    r = port(p, tcp=True, kill=True, yes=True)
+    assert [(a["pid"], a["action"], a["result"]) for a in r.actions] == [(srv.pid, "signal", "exited")]
+    assert srv.proc.wait(5) == -signal.SIGTERM
+    assert client.proc.poll() is None  # the client is alive
+    assert r.report.summary.startswith(f"--kill sent SIGTERM to pid {srv.pid}")
+    # The server accepted nothing, so the client's connection was reset or closed by
+    # the kernel; no TIME_WAIT stays on p unless the server side closed first.
+    assert r.exit_code == (0 if r.data["free"]["plain"] else 1)
+
+
+def test_kill_acts_on_exactly_the_port_asked(holder):
+    """Two listeners on P and on a port whose digits end P's (49302 and 9302): --kill on
+    the short one leaves the other alone."""
+    for _ in range(20):
+        long_ = free_port()
+        short = int(str(long_)[1:])
+        if short < 1024:
+            continue
+        try:
+            a = holder("listen-on", str(long_))
+            b = holder("listen-on", str(short))
+            break
+        except RuntimeError:  # one of them was taken meanwhile: try another pair
+            continue
+    else:
+        pytest.skip("no free pair of ports P and its suffix")
+    r = port(short, tcp=True, kill=True, yes=True)
+    assert [x["pid"] for x in r.actions] == [b.pid] and r.exit_code == 0
+    assert b.proc.wait(5) == -signal.SIGTERM and a.proc.poll() is None
+
+
+def test_kill_without_a_terminal_needs_yes(holder):
+    h = holder("listen")
+    r = module(str(h.info["port"]), "--kill")
+    assert r.returncode == 2 and "--yes" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert h.proc.poll() is None
+    with pytest.raises(UsageError):
+        port(h.info["port"], kill=True)
+
+
+def test_kill_asks_and_a_no_signals_nothing(holder):
+    h = holder("listen")
+    asked: list[str] = []
+
+    def no(text: str) -> bool:
+        asked.append(text)
+        return False
+
+    r = port(h.info["port"], tcp=True, kill=True, confirm=no)
+    assert asked and f"send SIGTERM to pid {h.pid}" in asked[0]
+    assert r.exit_code == 1 and h.proc.poll() is None and "declined" in r.report.summary
+
+
+def test_kill_never_signals_sockprobe_itself():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        r = port(s.getsockname()[1], tcp=True, kill=True, yes=True, grace=0.1)
+    assert [(a["pid"], a["action"]) for a in r.actions] == [(os.getpid(), "skip")]
+    assert "this sockprobe process" in r.actions[0]["result"]
+
+
+def test_kill_reports_the_time_wait_left(holder):
+    """The holder had accepted a connection whose peer stays: on exit the kernel closes
+    the server side first, which leaves a TIME_WAIT on the port."""
+    h = holder("listen")  # it holds a listener, a client and the accepted connection
+    r = port(h.info["port"], tcp=True, kill=True, yes=True)
+    assert r.actions[0]["result"] == "exited"
+    f = r.report.findings[0]
+    assert ("TIME_WAIT left" in f and "--wait" in f) or "is free now" in f
