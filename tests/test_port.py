@@ -796,3 +796,183 @@ def test_kill_reports_the_time_wait_left(holder):
     assert r.actions[0]["result"] == "exited"
     f = r.report.findings[0]
     assert ("TIME_WAIT left" in f and "--wait" in f) or "is free now" in f
+
+
+# -- other network namespaces -----------------------------------------------------------------
+@pytest.fixture
+def named_netns() -> Iterator[str]:
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and ip(8)")
+    name = f"sockprobe-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], timeout=10)
+
+
+def test_all_netns_finds_a_holder_in_a_named_namespace(holder, named_netns):
+    p = free_port()
+    h = holder("wildcard", str(p), prefix=("ip", "netns", "exec", named_netns))
+    assert h.info["port"] == p
+    here = port(p, tcp=True, check=True)
+    assert here.exit_code == 0  # it does not block a bind here
+    assert not [x for x in here.report.get("sockets").rows if x["state"] == "LISTEN"]
+    r = port(p, tcp=True, check=True, all_netns=True)
+    assert r.exit_code == 0
+    row = r.report.get("sockets").find(netns=named_netns, state="LISTEN")
+    assert row["pid"] == h.pid and row["local"] == f"0.0.0.0:{p}"
+    (held,) = [x for x in r.data["holders"] if x["netns"] == named_netns]
+    assert held["pids"] == [h.pid]
+    (f,) = [f for f in r.report.findings if f.startswith(f"In network namespace {named_netns}")]
+    assert f"pid {h.pid}" in f and "does not block a bind here" in f
+
+
+def test_all_netns_without_root_says_why(shared_copy):
+    r = _as_nobody(shared_copy, "80", "--all-netns")
+    assert r.returncode == 3 and "needs root" in r.stderr and "CAP_SYS_ADMIN" in r.stderr
+
+
+# -- hidden holders (root runs them as an unprivileged user) ----------------------------------
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+
+
+def _nobody_python() -> str | None:
+    """An interpreter the unprivileged user may run (a venv under /root is not one)."""
+    for py in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        try:
+            ok = subprocess.run([*NOBODY, py, "-c", "import sys; assert sys.version_info >= (3, 11)"],
+                                capture_output=True, timeout=20, cwd="/").returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return py
+    return None
+
+
+def _as_nobody(shared: Path, *cmd: str, mount_ns: bool = False) -> subprocess.CompletedProcess[str]:
+    py = _nobody_python()
+    if py is None:
+        pytest.skip("no Python >= 3.11 the unprivileged user may run")
+    argv = [*NOBODY, py, "-m", "sockprobe.port", *cmd, "--json"]
+    if mount_ns:
+        # A proc instance of its own with hidepid=2, in a private mount namespace, so the
+        # host's /proc is untouched (procfs options are per mount since Linux 5.8).
+        script = 'mount -t proc -o hidepid=2 proc /proc && exec "$@"'
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "_", *argv]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, cwd="/",
+        env={**os.environ, "PYTHONPATH": str(shared), "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+@pytest.fixture
+def shared_copy() -> Iterator[Path]:
+    """A world-readable copy of the package (the checkout may sit in a 0700 directory)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv")
+    shared = Path(tempfile.mkdtemp(prefix="sockprobe-nobody-"))
+    shutil.copytree(ROOT / "sockprobe", shared / "sockprobe", ignore=shutil.ignore_patterns("__pycache__"))
+    for d, _, files in os.walk(shared):
+        os.chmod(d, 0o755)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o644)
+    try:
+        yield shared
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize("hidepid", [False, True], ids=["fd-EACCES", "hidepid=2"])
+def test_other_users_holder_is_hidden_not_absent(holder, shared_copy, hidepid):
+    h = holder("listen")
+    p = str(h.info["port"])
+    r = _as_nobody(shared_copy, p, "--tcp", mount_ns=hidepid)
+    if r.returncode != 0 and ("No module named" in r.stderr or "Permission denied" in r.stderr):
+        pytest.skip(f"the unprivileged user cannot run this checkout: {r.stderr[-200:]}")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    table = next(t for t in doc["tables"] if t["id"] == "sockets")
+    row = next(x for x in table["rows"] if x["state"] == "LISTEN")
+    reason = row["na"]["pid"]
+    assert reason.startswith("hidden from this user") and "run as root" in reason
+    assert ("hidepid=2" in reason) == hidepid
+    assert row["user"] == "root"  # the socket's uid, from sock_diag
+    assert "no process" not in json.dumps(doc["findings"])
+    assert str(h.pid) not in json.dumps(doc["tables"])
+    (held,) = [x for x in doc["holders"] if x["state"] == "LISTEN"]
+    assert held["pids"] == [] and held["hidden"].startswith("hidden from this user")
+
+
+def test_socket_in_a_0700_directory_is_hidden_not_missing(holder, shared_copy):
+    base = Path(tempfile.mkdtemp(prefix="sockprobe-0700-"))  # pytest's tmp_path is 0700
+    try:
+        os.chmod(base, 0o755)
+        d = base / "private"
+        d.mkdir(mode=0o700)
+        path = str(d / "app.sock")
+        holder("unix", path)
+        r = _as_nobody(shared_copy, path, "--check")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if "No module named" in r.stderr:
+        pytest.skip("the unprivileged user cannot run this checkout")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert "hidden from this user" in doc["summary"] and "EACCES" in doc["summary"]
+    assert f"{d} denies search permission" in doc["findings"][0]
+    assert "no file" not in doc["summary"].lower()
+
+
+# -- UNIX socket paths ------------------------------------------------------------------------
+def test_live_unix_socket_names_its_owner_and_is_left_working(holder, tmp_path):
+    path = str(tmp_path / "live.sock")
+    h = holder("unix", path)
+    r = port(path, check=True)
+    assert r.exit_code == 1
+    row = r.report.get("unix_sockets").find(state="LISTEN")
+    assert row["pid"] == h.pid and row["ppid"] == os.getpid()
+    trials = {x["operation"]: x["result"] for x in r.report.get("unix_trials").rows}
+    assert trials["connect (stream, non-blocking)"] == "ok"
+    assert trials["bind"] == "EADDRINUSE"
+    assert trials["SO_PEERCRED of the listener"].startswith(f"pid {h.pid},")
+    assert "live" in r.report.summary and f"pid {h.pid}" in r.report.summary
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+
+
+def test_stale_unix_socket_file_is_diagnosed_and_left_in_place(tmp_path):
+    path = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(1)
+    s.close()  # close() does not remove the file: it is now stale
+    r = port(path, check=True)
+    assert r.exit_code == 1 and "stale" in r.report.summary
+    trials = {x["operation"]: x["result"] for x in r.report.get("unix_trials").rows}
+    assert trials["connect (stream, non-blocking)"] == "ECONNREFUSED"
+    assert os.path.exists(path)
+
+
+def test_missing_unix_path_is_free_and_not_created(tmp_path):
+    path = str(tmp_path / "none.sock")
+    r = port(path, check=True)
+    assert r.exit_code == 0 and "free" in r.report.summary and not os.path.exists(path)
+
+
+def test_abstract_name():
+    name = f"sockprobe-test-{os.getpid()}-{time.monotonic_ns()}"
+    assert port(f"@{name}", check=True).exit_code == 0
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("\0" + name)
+        s.listen(1)
+        r = port(f"@{name}", check=True)
+    assert r.exit_code == 1
+    assert r.report.get("unix_sockets").find(state="LISTEN")["pid"] == os.getpid()
+
+
+def test_deadline_bounds_the_command():
+    r = module(str(free_port()), "--deadline", "0.000001")
+    assert r.returncode == 4 or (r.returncode == 1 and "deadline" in r.stderr), r.stderr

@@ -102,6 +102,15 @@ def user_name(uid: int | None) -> str:
         return str(uid)
 
 
+_HIDEPID = {
+    "0": "",
+    "off": "",
+    "noaccess": "1 (noaccess)",
+    "invisible": "2 (invisible)",
+    "ptraceable": "4 (ptraceable)",
+}
+
+
 def proc_hidepid(mountinfo: str = "/proc/self/mountinfo") -> str:
     """The hidepid= option of the /proc mount ("" when off or unreadable), from
     /proc/self/mountinfo's per-superblock options (the field after the fstype)."""
@@ -114,7 +123,8 @@ def proc_hidepid(mountinfo: str = "/proc/self/mountinfo") -> str:
                     for opt in right.split()[-1].split(","):
                         if opt.startswith("hidepid="):
                             value = opt.split("=", 1)[1]
-                            return "" if value in ("0", "off") else value
+                            # Since Linux 5.8 mountinfo shows the names (fs/proc/root.c).
+                            return _HIDEPID.get(value, value)
     except OSError:
         return ""
     return ""
