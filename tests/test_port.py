@@ -28,9 +28,8 @@ import pytest
 
 from sockprobe import kernel
 from sockprobe.kernel import portdiag
-from sockprobe.port import Params, PortResult, run
+from sockprobe.port import Params, PortResult, managers, processes, run
 from sockprobe.port.params import parse_target
-from sockprobe.port import managers, processes
 from sockprobe.status import UsageError
 
 needs_linux = pytest.mark.skipif(not kernel.IS_LINUX, reason="sock_diag and /proc are Linux")
@@ -126,7 +125,9 @@ sys.stdin.read()
 
 
 class Holder:
-    def __init__(self, kind: str, *extra: str, prefix: tuple[str, ...] = (), argv0: str = "") -> None:
+    def __init__(
+        self, kind: str, *extra: str, prefix: tuple[str, ...] = (), argv0: str = ""
+    ) -> None:
         # The script comes through the environment so the command line stays short.
         loader = "import os; exec(os.environ['HOLDER'])"
         argv = [*prefix, sys.executable, "-c", loader, MARK, kind, *extra]
@@ -326,7 +327,9 @@ def test_bound_not_listening_socket_is_found_where_proc_and_ss_miss_it(holder):
     h = holder("bound")
     p = h.info["port"]
     assert kernel.proc_net_sockets("tcp", p) == []
-    ss = subprocess.run(["ss", "-Htan", f"sport = :{p}"], capture_output=True, text=True, timeout=10)
+    ss = subprocess.run(
+        ["ss", "-Htan", f"sport = :{p}"], capture_output=True, text=True, timeout=10
+    )
     assert ss.stdout.strip() == ""
     r = port(p, tcp=True, check=True)
     assert r.exit_code == 1
@@ -422,14 +425,23 @@ def test_psutil_fallback_agrees_with_netlink_on_listeners_and_pids(holder):
         assert listeners(a) == listeners(b) and listeners(a)
         assert any("psutil.net_connections()" in f for f in b.report.findings)
     # Forced through the environment too (the same switch non-Linux systems take).
-    out = module(str(hs[1].info["port"]), "--tcp", "--json", env={**os.environ, "SOCKPROBE_PORT_FALLBACK": "1"})
+    out = module(
+        str(hs[1].info["port"]),
+        "--tcp",
+        "--json",
+        env={**os.environ, "SOCKPROBE_PORT_FALLBACK": "1"},
+    )
     doc = json.loads(out.stdout)
     assert any(x["pids"] == [hs[1].pid] for x in doc["holders"] if x["state"] == "LISTEN")
 
 
 # -- managers ---------------------------------------------------------------------------------
 CGROUP2 = next(
-    (p for p in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup") if os.path.exists(f"{p}/cgroup.procs")),
+    (
+        p
+        for p in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+        if os.path.exists(f"{p}/cgroup.procs")
+    ),
     None,
 )
 
@@ -440,6 +452,7 @@ def cgroup() -> Iterator[Callable[[str, int], None]]:
     every directory made is removed afterwards (once its processes have gone)."""
     if os.geteuid() != 0 or CGROUP2 is None:
         pytest.skip("needs root and a writable cgroup v2 hierarchy")
+
     def move(rel: str, pid: int) -> None:
         assert rel.startswith("sockprobe-test.slice/")
         d = Path(CGROUP2, rel)
@@ -515,14 +528,28 @@ def test_cgroup_paths_of_each_runtime():
     ) == ("kubernetes", hexid)
     assert managers.container_of("/system.slice/nginx.service") is None
     assert managers.unit_of("/system.slice/nginx.service") == "nginx.service"
-    assert managers.unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/x.service") == "x.service"
+    assert (
+        managers.unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/x.service")
+        == "x.service"
+    )
 
 
 def test_docker_proxy_argv_is_named_with_what_it_forwards(holder):
     p = free_port()
     h = holder(
-        "listen-on", str(p), "-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port", str(p),
-        "-container-ip", "172.17.0.2", "-container-port", "80", argv0="docker-proxy",
+        "listen-on",
+        str(p),
+        "-proto",
+        "tcp",
+        "-host-ip",
+        "127.0.0.1",
+        "-host-port",
+        str(p),
+        "-container-ip",
+        "172.17.0.2",
+        "-container-port",
+        "80",
+        argv0="docker-proxy",
     )
     r = port(p, tcp=True)
     proc = r.report.get("processes").find(pid=h.pid)
@@ -565,7 +592,11 @@ def test_every_target_form_parses():
 def test_an_address_in_the_target_sets_the_trial_address(holder):
     h = holder("listen")
     p = h.info["port"]
-    for target, address in ((f"127.0.0.1:{p}", "127.0.0.1"), (f"localhost:{p}", None), (f":{p}", "0.0.0.0")):
+    for target, address in (
+        (f"127.0.0.1:{p}", "127.0.0.1"),
+        (f"localhost:{p}", None),
+        (f":{p}", "0.0.0.0"),
+    ):
         r = port(target, check=True)
         (t,) = [x for x in r.report.get("trials").rows if x["check"] and x["proto"] == "tcp"]
         if address:
@@ -581,9 +612,20 @@ def test_an_address_in_the_target_sets_the_trial_address(holder):
 @pytest.mark.parametrize(
     "args",
     [
-        ["0"], ["70000"], ["-5"], ["no-such-service-xyz"], ["1.2.3.4.5:80"], ["[::1:80"],
-        ["::1:80"], ["/tmp/x.sock", "--tcp"], ["80", "--limit", "-1"], ["9" * 5000],
-        ["tcp/80", "--udp"], ["80", "--yes"], ["80", "--signal", "BOGUS"], ["a" * 200 + "/" + "b" * 200],
+        ["0"],
+        ["70000"],
+        ["-5"],
+        ["no-such-service-xyz"],
+        ["1.2.3.4.5:80"],
+        ["[::1:80"],
+        ["::1:80"],
+        ["/tmp/x.sock", "--tcp"],
+        ["80", "--limit", "-1"],
+        ["9" * 5000],
+        ["tcp/80", "--udp"],
+        ["80", "--yes"],
+        ["80", "--signal", "BOGUS"],
+        ["a" * 200 + "/" + "b" * 200],
     ],
     ids=lambda a: " ".join(a)[:30],
 )
@@ -630,7 +672,7 @@ def test_check_quiet_prints_nothing_and_answers(holder):
 def test_plain_v6_trial_follows_bindv6only(netns):
     """With bindv6only=1 a plain [::] bind is IPv6-only, so it succeeds beside an IPv4
     listener: `--check --host ::1` exits 0 and says it was IPv6-only (read back)."""
-    code = r'''
+    code = r"""
 import json, socket, sys
 from sockprobe.port import Params, run
 lst = socket.socket(); lst.bind(("0.0.0.0", 8080)); lst.listen(1)
@@ -640,7 +682,7 @@ for host in ("::1", "127.0.0.1"):
     (t,) = [x for x in r.report.get("trials").rows if x["check"]]
     out[host] = [r.exit_code, t["address"], t["ipv6_only"], t["plain"], r.report.findings]
 print(json.dumps(out))
-'''
+"""
     for bv6, want in ((1, (0, "IPv6-only", "ok")), (0, (1, "dual-stack", "EADDRINUSE"))):
         p = netns.in_netns(code, sysctls={"net.ipv6.bindv6only": bv6})
         assert p.returncode == 0, p.stderr
@@ -655,7 +697,7 @@ print(json.dumps(out))
 def test_runs_with_the_ephemeral_range_exhausted(netns):
     """No ephemeral port left (the range is one port, and it is taken): port still runs,
     and says the range is exhausted."""
-    code = r'''
+    code = r"""
 import json, socket
 from sockprobe.port import Params, run
 hold = socket.socket(); hold.bind(("127.0.0.1", 40000)); hold.listen(1)
@@ -666,7 +708,7 @@ except OSError:
     exhausted = True
 r = run(Params(target="8080", check=True))
 print(json.dumps([exhausted, r.exit_code, r.report.summary, r.report.findings]))
-'''
+"""
     p = netns.in_netns(code, sysctls={"net.ipv4.ip_local_port_range": "40000 40000"})
     assert p.returncode == 0, p.stderr
     exhausted, exit_code, summary, findings = json.loads(p.stdout)
@@ -711,7 +753,10 @@ def test_wait_ctrl_c_exits_130(holder):
     h = holder("listen")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sockprobe.port", str(h.info["port"]), "--wait", "30"],
-        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
@@ -727,7 +772,9 @@ def test_kill_signals_the_listener_and_spares_its_client(holder):
     p = srv.info["port"]
     client = holder("client", str(p))
     r = port(p, tcp=True, kill=True, yes=True)
-    assert [(a["pid"], a["action"], a["result"]) for a in r.actions] == [(srv.pid, "signal", "exited")]
+    assert [(a["pid"], a["action"], a["result"]) for a in r.actions] == [
+        (srv.pid, "signal", "exited")
+    ]
     assert srv.proc.wait(5) == -signal.SIGTERM
     assert client.proc.poll() is None  # the client is alive
     assert r.report.summary.startswith(f"--kill sent SIGTERM to pid {srv.pid}")
@@ -842,8 +889,15 @@ def _nobody_python() -> str | None:
     """An interpreter the unprivileged user may run (a venv under /root is not one)."""
     for py in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
         try:
-            ok = subprocess.run([*NOBODY, py, "-c", "import sys; assert sys.version_info >= (3, 11)"],
-                                capture_output=True, timeout=20, cwd="/").returncode == 0
+            ok = (
+                subprocess.run(
+                    [*NOBODY, py, "-c", "import sys; assert sys.version_info >= (3, 11)"],
+                    capture_output=True,
+                    timeout=20,
+                    cwd="/",
+                ).returncode
+                == 0
+            )
         except (OSError, subprocess.TimeoutExpired):
             ok = False
         if ok:
@@ -862,7 +916,11 @@ def _as_nobody(shared: Path, *cmd: str, mount_ns: bool = False) -> subprocess.Co
         script = 'mount -t proc -o hidepid=2 proc /proc && exec "$@"'
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "_", *argv]
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=60, cwd="/",
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
         env={**os.environ, "PYTHONPATH": str(shared), "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"},
     )
 
@@ -873,7 +931,9 @@ def shared_copy() -> Iterator[Path]:
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv")
     shared = Path(tempfile.mkdtemp(prefix="sockprobe-nobody-"))
-    shutil.copytree(ROOT / "sockprobe", shared / "sockprobe", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "sockprobe", shared / "sockprobe", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for d, _, files in os.walk(shared):
         os.chmod(d, 0o755)
         for f in files:

@@ -31,7 +31,15 @@ from sockprobe.port.params import FALLBACK_ENV, SIGNALS, WAIT_UNTIL_DEADLINE, Pa
 if TYPE_CHECKING:
     from sockprobe.report import Report
 
-__all__ = ["FALLBACK_ENV", "SIGNALS", "WAIT_UNTIL_DEADLINE", "Params", "PortResult", "Target", "run"]
+__all__ = [
+    "FALLBACK_ENV",
+    "SIGNALS",
+    "WAIT_UNTIL_DEADLINE",
+    "Params",
+    "PortResult",
+    "Target",
+    "run",
+]
 
 
 @dataclass

@@ -30,7 +30,16 @@ def _confirm(text: str) -> bool:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sockprobe port")
     ap.add_argument("target")
-    for flag in ("--tcp", "--udp", "--check", "--reuseaddr", "--kill", "--force", "--all-netns", "--json"):
+    for flag in (
+        "--tcp",
+        "--udp",
+        "--check",
+        "--reuseaddr",
+        "--kill",
+        "--force",
+        "--all-netns",
+        "--json",
+    ):
         ap.add_argument(flag, action="store_true")
     ap.add_argument("-q", "--quiet", action="store_true")
     ap.add_argument("-y", "--yes", action="store_true")
@@ -43,10 +52,22 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     try:
         params = Params(
-            target=a.target, tcp=a.tcp, udp=a.udp, check=a.check, reuseaddr=a.reuseaddr,
-            quiet=a.quiet, wait=a.wait, kill=a.kill, yes=a.yes, signal=a.signal,
-            grace=a.grace, force=a.force, all_netns=a.all_netns, limit=a.limit,
-            host=a.host, deadline=a.deadline,
+            target=a.target,
+            tcp=a.tcp,
+            udp=a.udp,
+            check=a.check,
+            reuseaddr=a.reuseaddr,
+            quiet=a.quiet,
+            wait=a.wait,
+            kill=a.kill,
+            yes=a.yes,
+            signal=a.signal,
+            grace=a.grace,
+            force=a.force,
+            all_netns=a.all_netns,
+            limit=a.limit,
+            host=a.host,
+            deadline=a.deadline,
             progress=_progress if sys.stderr.isatty() and not a.quiet else None,
             confirm=_confirm if sys.stdin.isatty() and sys.stderr.isatty() else None,
         )

@@ -90,7 +90,11 @@ def _group(sc: Scene, rows: list[Held]) -> list[tuple[str, list[Held]]]:
 
 def trial_for(sc: Scene, proto: str, address: str = "0.0.0.0") -> Trial | None:
     return next(
-        (t for t in sc.trials if t.proto == proto and t.address == address and t.v6only_set is None),
+        (
+            t
+            for t in sc.trials
+            if t.proto == proto and t.address == address and t.v6only_set is None
+        ),
         None,
     )
 
@@ -133,7 +137,11 @@ def fix(sc: Scene, rows: list[Held]) -> str:
         parts.append(step)
     if plain:
         pids = [p.pid for p in plain]
-        every = " (every one: the socket stays open until its last holder closes it)" if len(pids) > 1 else ""
+        every = (
+            " (every one: the socket stays open until its last holder closes it)"
+            if len(pids) > 1
+            else ""
+        )
         parts.append(
             f"stop {_pid_list(pids)}{every}: `kill {' '.join(map(str, pids))}`, or "
             f"`sockprobe port {sc.port} --kill`"
@@ -162,7 +170,11 @@ def findings(sc: Scene) -> tuple[list[str], str]:
         procs = _procs(sc, rows)
         headline = headline or (
             f"LISTEN {_pid_list([p.pid for p in procs])}"
-            + (f" ({sc.managers[procs[0].pid].label})" if procs and procs[0].pid in sc.managers else "")
+            + (
+                f" ({sc.managers[procs[0].pid].label})"
+                if procs and procs[0].pid in sc.managers
+                else ""
+            )
             if procs
             else "LISTEN (owner " + ("hidden: run as root)" if "hidden" in owner else "not found)")
         )
@@ -246,7 +258,10 @@ def findings(sc: Scene) -> tuple[list[str], str]:
             )
             headline = headline or f"{_n(len(tw), 'TIME_WAIT')}, {left:.0f} s left"
         else:
-            f.append(f"{_n(len(tw), 'TIME_WAIT socket')} on the port as well, the last gone in about {left:.0f} s.")
+            f.append(
+                f"{_n(len(tw), 'TIME_WAIT socket')} on the port as well, the last gone in "
+                f"about {left:.0f} s."
+            )
     if here:
         parts = []
         for proto in sc.params.protocols:
@@ -258,7 +273,8 @@ def findings(sc: Scene) -> tuple[list[str], str]:
                 parts.append(f"{proto} " + ", ".join(ok))
         if parts:
             f.append(
-                "A plain bind still succeeds now on " + "; ".join(parts)
+                "A plain bind still succeeds now on "
+                + "; ".join(parts)
                 + " (trial binds): the holders' addresses do not overlap these."
             )
     elided = len(sc.held) - len(sc.shown)
@@ -271,7 +287,9 @@ def findings(sc: Scene) -> tuple[list[str], str]:
     headline = _elsewhere(sc, f, headline)
     headline = _free_or_not(sc, f, headline)
     _settings(sc, f)
-    hidden = {sc.missing(h) for h in sc.shown if not h.kernel_only and not sc.procs(h) and not h.orphan}
+    hidden = {
+        sc.missing(h) for h in sc.shown if not h.kernel_only and not sc.procs(h) and not h.orphan
+    }
     for reason in sorted(r for r in hidden if r.startswith("hidden")):
         f.append(f"Some holders are {reason} (sudo sockprobe port {port}).")
     if sc.fallback:
@@ -293,7 +311,8 @@ def _elsewhere(sc: Scene, f: list[str], headline: str) -> str:
         for name in spaces:
             rows = [h for h in other if h.netns == name]
             f.append(
-                f"In network namespace {name}: {_addrs(sc, rows)} ({', '.join(sorted({h.state for h in rows}))}) "
+                f"In network namespace {name}: {_addrs(sc, rows)} "
+                f"({', '.join(sorted({h.state for h in rows}))}) "
                 f"{owner_text(sc, rows)}. A socket in another network namespace does not block "
                 "a bind here (each namespace has its own ports); what blocks one here is a "
                 "socket in this namespace, such as the forwarder a container runtime runs on "
@@ -321,7 +340,8 @@ def _free_or_not(sc: Scene, f: list[str], headline: str) -> str:
         if not fails:
             f.append(
                 f"Port {port} is free ({' and '.join(p.upper() for p in sc.params.protocols)}): no "
-                f"socket uses it in this network namespace and a plain bind on {label} succeeds now."
+                f"socket uses it in this network namespace and a plain bind on {label} "
+                "succeeds now."
             )
             headline = headline or "free: no socket, a plain bind succeeds"
         elif eacces:
@@ -403,9 +423,7 @@ def summary(sc: Scene, headline: str) -> str:
     free = sc.free
     check = next((t for t in sc.trials if t.for_check), None)
     where = check.text(sc.port) if check else "?"
-    verdicts = ", ".join(
-        f"{t.proto} {t.plain}" for t in sc.trials if t.for_check
-    )
+    verdicts = ", ".join(f"{t.proto} {t.plain}" for t in sc.trials if t.for_check)
     return (
         f"port {sc.port}: {headline or 'in use'}; a new listener on {where}: "
         f"plain bind {'ok' if free['plain'] else 'fails'} ({verdicts}), "

@@ -7,7 +7,7 @@ import signal as signals
 
 from sockprobe import kernel
 from sockprobe.lab import Deadline, resolve_host
-from sockprobe.port import PortResult, advice, diagnosis, kill, wait
+from sockprobe.port import PortResult, advice, diagnosis, kill, processes, wait
 from sockprobe.port.params import WAIT_UNTIL_DEADLINE, Params
 from sockprobe.probes import Stopwatch
 from sockprobe.report import VOLATILE, Report, col
@@ -35,7 +35,9 @@ def run_port(params: Params) -> PortResult:
         report, fails = diagnose_unix(params, deadline)
         report.duration_s = watch()
         code = 1 if params.check and fails else 0
-        return PortResult(report, code, {"free": {"plain": not fails, "reuseaddr": not fails}, "holders": []})
+        return PortResult(
+            report, code, {"free": {"plain": not fails, "reuseaddr": not fails}, "holders": []}
+        )
 
     mode = "reuseaddr" if params.reuseaddr else "plain"
     quick = params.check and params.quiet and params.wait is None and not params.kill
@@ -98,10 +100,14 @@ def _wait_report(report: Report, sc: diagnosis.Scene, w: wait.WaitResult, mode: 
         report.findings.append(
             f"--wait ran out after {w.waited_s:.2f} s: still held ({w.timeline[-1][1]})."
         )
-        report.summary = f"port {sc.port}: still held after {w.waited_s:.2f} s of --wait ({w.timeline[-1][1]})"
+        report.summary = (
+            f"port {sc.port}: still held after {w.waited_s:.2f} s of --wait ({w.timeline[-1][1]})"
+        )
 
 
-def _kill(result: PortResult, sc: diagnosis.Scene, deadline: Deadline, free: dict[str, bool]) -> dict[str, bool]:
+def _kill(
+    result: PortResult, sc: diagnosis.Scene, deadline: Deadline, free: dict[str, bool]
+) -> dict[str, bool]:
     report = result.report
     p = kill.plan(sc)
     text = p.text(sc.port)
@@ -126,15 +132,26 @@ def _kill(result: PortResult, sc: diagnosis.Scene, deadline: Deadline, free: dic
     left = [r for r in rows if r.inode in p.inodes]
     tw = [r for r in rows if r.state == 6]
     signalled = [s.proc.pid for s in p.to_signal if s.result in ("exited", "still running")]
-    head = f"--kill sent {name} to {advice._pid_list(signalled)}" if signalled else "--kill signalled nothing"
+    head = (
+        f"--kill sent {name} to {advice._pid_list(signalled)}"
+        if signalled
+        else "--kill signalled nothing"
+    )
     if after[mode]:
-        outcome = f"port {sc.port} is free now ({'with SO_REUSEADDR' if mode == 'reuseaddr' else 'a plain bind succeeds'}; measured by a trial bind after {waited:.2f} s)"
+        how = "with SO_REUSEADDR" if mode == "reuseaddr" else "a plain bind succeeds"
+        outcome = (
+            f"port {sc.port} is free now ({how}; measured by a trial bind after {waited:.2f} s)"
+        )
     elif left:
         still = [s for s in p.steps if s.action != "signal" or s.result == "still running"]
         outcome = (
             f"port {sc.port} is still held after {waited:.2f} s by "
             + ", ".join(f"pid {s.proc.pid}" for s in still)
-            + (f" (--signal KILL, or a longer --grace)" if any(s.result == "still running" for s in still) else "")
+            + (
+                " (--signal KILL, or a longer --grace)"
+                if any(s.result == "still running" for s in still)
+                else ""
+            )
         )
     elif tw:
         secs = max(r.expires_ms for r in tw) / 1000
@@ -144,10 +161,15 @@ def _kill(result: PortResult, sc: diagnosis.Scene, deadline: Deadline, free: dic
             f"for a server that sets SO_REUSEADDR: {'ok' if after['reuseaddr'] else 'fails too'})"
         )
     else:
-        outcome = f"port {sc.port}: a bind still fails after {waited:.2f} s"
+        outcome = (
+            f"port {sc.port}: a bind still fails after {waited:.2f} s "
+            f"({wait.describe(rows, processes.Holders())})"
+        )
     for s in p.steps:
         if s.action == "stop":
-            outcome += f"; pid {s.proc.pid} was not signalled: {s.reason}" + (f", stop it with `{s.stop}`" if s.stop else "")
+            outcome += f"; pid {s.proc.pid} was not signalled: {s.reason}" + (
+                f", stop it with `{s.stop}`" if s.stop else ""
+            )
     report.findings.insert(0, f"{head}: {outcome}.")
     report.summary = f"{head}: {outcome}"
     return after
@@ -157,16 +179,36 @@ def _kill_table(report: Report, p: kill.Plan, name: str) -> None:
     t = report.table(
         "kill",
         "--kill: what was done to each holder",
-        [col("pid", kind=VOLATILE), col("action"), col("signal"), col("result"), col("stop", "stop command"), col("command", "command line")],
+        [
+            col("pid", kind=VOLATILE),
+            col("action"),
+            col("signal"),
+            col("result"),
+            col("stop", "stop command"),
+            col("command", "command line"),
+        ],
         keys=["pid"],
     )
     for s in p.steps:
-        t.add(s.proc.pid, s.action, name if s.action == "signal" else "", s.result or s.reason, s.stop, s.proc.command(50))
+        t.add(
+            s.proc.pid,
+            s.action,
+            name if s.action == "signal" else "",
+            s.result or s.reason,
+            s.stop,
+            s.proc.command(50),
+        )
 
 
 def _actions(p: kill.Plan, name: str) -> list[dict[str, object]]:
     return [
-        {"pid": s.proc.pid, "action": s.action, "signal": name if s.action == "signal" else None,
-         "result": s.result or s.reason, "stop": s.stop or None, "argv": list(s.proc.argv)}
+        {
+            "pid": s.proc.pid,
+            "action": s.action,
+            "signal": name if s.action == "signal" else None,
+            "result": s.result or s.reason,
+            "stop": s.stop or None,
+            "argv": list(s.proc.argv),
+        }
         for s in p.steps
     ]

@@ -128,8 +128,19 @@ def gather(params: Params, deadline: Deadline, quick: bool = False) -> Scene:
             mgr[pid] = m
     exhausted = trial.ephemeral_exhausted(check[0])
     return Scene(
-        params, held, shown, holders, mgr, trials, fx, problems, check, exhausted,
-        fallback, nserrors, nscount,
+        params,
+        held,
+        shown,
+        holders,
+        mgr,
+        trials,
+        fx,
+        problems,
+        check,
+        exhausted,
+        fallback,
+        nserrors,
+        nscount,
     )
 
 
@@ -181,7 +192,9 @@ def tables(report: Report, sc: Scene) -> None:
             "remote": h.remote,
             "state": h.state,
             "covers": h.covers(),
-            "inode": h.sock.inode if h.sock.inode > 0 else NA("psutil gives no inode")
+            "inode": h.sock.inode
+            if h.sock.inode > 0
+            else NA("psutil gives no inode")
             if h.sock.inode < 0
             else 0,
             "pids": n,
@@ -194,7 +207,7 @@ def tables(report: Report, sc: Scene) -> None:
 
     p = report.table(
         "processes",
-        f"Processes holding them (every process with the socket in its fd table)",
+        "Processes holding them (every process with the socket in its fd table)",
         [
             col("pid", kind=VOLATILE),
             col("ppid", "parent", kind=VOLATILE),

@@ -57,7 +57,11 @@ class Plan:
             if s.action == "signal":
                 lines.append(f"send {name} to {what}")
             elif s.action == "stop":
-                lines.append(f"not signal {what}: {s.reason}; instead run `{s.stop}`" if s.stop else f"not signal {what}: {s.reason}")
+                lines.append(
+                    f"not signal {what}: {s.reason}; instead run `{s.stop}`"
+                    if s.stop
+                    else f"not signal {what}: {s.reason}"
+                )
             else:
                 lines.append(f"not signal {what}: {s.reason}")
         if not lines:
@@ -87,10 +91,17 @@ def plan(sc: Scene) -> Plan:
             elif proc.pid == parent:
                 p.steps.append(Step(proc, "skip", "it is sockprobe's parent process"))
             elif proc.pid == 1:
-                p.steps.append(Step(proc, "skip", "pid 1 is never signalled", stop=m.stop if m else ""))
+                p.steps.append(
+                    Step(proc, "skip", "pid 1 is never signalled", stop=m.stop if m else "")
+                )
             elif m is not None and not sc.params.force:
                 p.steps.append(
-                    Step(proc, "stop", f"run by {m.label}, which would start it again (--force signals it anyway)", stop=m.stop)
+                    Step(
+                        proc,
+                        "stop",
+                        f"run by {m.label}, which would start it again (--force signals it anyway)",
+                        stop=m.stop,
+                    )
                 )
             else:
                 p.steps.append(Step(proc, "signal"))
@@ -110,8 +121,12 @@ def execute(p: Plan, sc: Scene, deadline: Deadline) -> float:
     t0 = time.monotonic()
     end = t0 + min(sc.params.grace, deadline.remaining())
     while p.to_signal:
-        rows, _ = sockets.diag(sc.port, sc.params.protocols, lambda: max(0.05, min(1.0, deadline.remaining())))
-        if not any(r.inode in p.inodes for r in rows):
+        rows, _ = sockets.diag(
+            sc.port, sc.params.protocols, lambda: max(0.05, min(1.0, deadline.remaining()))
+        )
+        # Done when the holders' sockets are gone and so are the closes the kernel
+        # finishes for them (FIN_WAIT1, CLOSING, LAST_ACK: milliseconds on loopback).
+        if not any(r.inode in p.inodes or r.state in _CLOSING for r in rows):
             break
         if time.monotonic() >= end:
             break
@@ -121,6 +136,9 @@ def execute(p: Plan, sc: Scene, deadline: Deadline) -> float:
         if s.result == "signalled":
             s.result = "exited" if not _alive(s.proc.pid) else "still running"
     return waited
+
+
+_CLOSING = (4, 9, 11)  # FIN_WAIT1, LAST_ACK, CLOSING
 
 
 def _alive(pid: int) -> bool:
@@ -133,12 +151,21 @@ def _alive(pid: int) -> bool:
     return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] != b"Z"
 
 
-def remaining(sc: Scene, p: Plan, deadline: Deadline) -> tuple[list[portdiag.PortSocket], dict[str, bool]]:
+def remaining(
+    sc: Scene, p: Plan, deadline: Deadline
+) -> tuple[list[portdiag.PortSocket], dict[str, bool]]:
     """After the kill: the sockets on the port and the check's answers."""
-    rows, _ = sockets.diag(sc.port, sc.params.protocols, lambda: max(0.05, min(1.0, deadline.remaining())))
+    rows, _ = sockets.diag(
+        sc.port, sc.params.protocols, lambda: max(0.05, min(1.0, deadline.remaining()))
+    )
     from sockprobe.lab import resolve_host
 
     trials = trial.run_trials(
-        sc.port, sc.params.protocols, sc.check, resolve_host(sc.params.host).address, deadline, every=False
+        sc.port,
+        sc.params.protocols,
+        sc.check,
+        resolve_host(sc.params.host).address,
+        deadline,
+        every=False,
     )
     return rows, trial.free(trials)

@@ -215,13 +215,21 @@ def forwarder(proc: Proc) -> Manager | None:
             "forwarder",
             name=exe,
             forwards=fwd,
-            stop=(f"stop the container it forwards to: {stop} names it, then docker stop" if stop else ""),
+            stop=(
+                f"stop the container it forwards to: {stop} names it, then docker stop"
+                if stop
+                else ""
+            ),
             warning="docker-proxy is started by dockerd for a published port; killing it "
             "breaks the container's port without freeing it for good",
         )
     fwd = ""
     if exe.startswith("pasta"):
-        specs = [proc.argv[i + 1] for i, a in enumerate(proc.argv[:-1]) if a in ("-t", "-u", "--tcp-ports", "--udp-ports")]
+        specs = [
+            proc.argv[i + 1]
+            for i, a in enumerate(proc.argv[:-1])
+            if a in ("-t", "-u", "--tcp-ports", "--udp-ports")
+        ]
         fwd = ("ports " + ", ".join(specs)) if specs else ""
     return Manager(
         "forwarder",

@@ -178,7 +178,12 @@ def query(
             continue
         result[name] = [
             portdiag.PortSocket(
-                r[0], r[1], r[2], tuple(r[3]), tuple(r[4]), *r[5:]  # type: ignore[arg-type]
+                r[0],
+                r[1],
+                r[2],
+                tuple(r[3]),
+                tuple(r[4]),
+                *r[5:],
             )
             for r in rows
         ]

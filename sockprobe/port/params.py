@@ -15,6 +15,7 @@ checks the wildcard address of the `--host` family (0.0.0.0, or [::] for an IPv6
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -58,8 +59,11 @@ def _port_number(text: str, proto: str, whole: str) -> tuple[int, str]:
     if text.isascii() and text.isdigit():
         # int() of thousands of digits is slow and, from Python 3.11, an error: check the
         # length first so that a 5000-digit argument is one line, not a traceback.
-        require(len(text) <= 5, f"port {text[:12]}{'...' if len(text) > 12 else ''} is out of "
-                "range: ports are 1..65535")
+        require(
+            len(text) <= 5,
+            f"port {text[:12]}{'...' if len(text) > 12 else ''} is out of "
+            "range: ports are 1..65535",
+        )
         n = int(text)
         require(
             n != 0,
@@ -69,7 +73,9 @@ def _port_number(text: str, proto: str, whole: str) -> tuple[int, str]:
         require(n <= 65535, f"port {n} is out of range: ports are 1..65535")
         return n, ""
     require(
-        bool(text) and text.isascii() and text.replace("-", "").replace("_", "").isalnum()
+        bool(text)
+        and text.isascii()
+        and text.replace("-", "").replace("_", "").isalnum()
         and len(text) <= 64,
         f"{whole[:80]!r} is neither a port (1..65535), a service name (http), "
         "ADDRESS:PORT, nor a UNIX socket path (one with a '/', or @name)",
@@ -106,7 +112,7 @@ def parse_target(target: str) -> Target:
     """The target as pasted; UsageError (one line, exit 2) for anything else."""
     t = target.strip()
     require(t != "", "give a PORT (1..65535), ADDRESS:PORT, a service name or a UNIX socket PATH")
-    if "/" in t and not _proto_form(t) or t.startswith("@"):
+    if ("/" in t and not _proto_form(t)) or t.startswith("@"):
         size = len(os.fsencode(t))
         require(
             size <= UNIX_PATH_MAX,
@@ -132,16 +138,22 @@ def parse_target(target: str) -> Target:
         if host and host != "*":
             address = _address(host, target)
     elif t.count(":") > 1:
-        raise UsageError(
-            f"{target[:80]!r}: write an IPv6 address with its port as [ADDRESS]:PORT"
-        )
+        raise UsageError(f"{target[:80]!r}: write an IPv6 address with its port as [ADDRESS]:PORT")
     port, service = _port_number(t, proto, target)
     return Target(port=port, proto=proto, address=address, service=service)
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed(target: str) -> Target:
+    """parse_target once per target: a host name in it is resolved once."""
+    return parse_target(target)
+
+
 def _proto_form(t: str) -> bool:
     low = t.lower()
-    return low.count("/") == 1 and (low.startswith(("tcp/", "udp/")) or low.endswith(("/tcp", "/udp")))
+    return low.count("/") == 1 and (
+        low.startswith(("tcp/", "udp/")) or low.endswith(("/tcp", "/udp"))
+    )
 
 
 @dataclass(frozen=True)
@@ -192,15 +204,15 @@ class Params(ProbeParams):
         100, "Most connection rows to show (0: all); listeners always.", metavar="N"
     )
     #: The CLI sets these when stderr/stdin are terminals (see docs/port.md "CLI wiring").
-    progress: Callable[[str], None] | None = option(None, "", cli=False)
-    confirm: Callable[[str], bool] | None = option(None, "", cli=False)
+    #: (RUF009 cannot tell option() returns a dataclasses.field with an immutable default.)
+    progress: Callable[[str], None] | None = option(None, "", cli=False)  # noqa: RUF009
+    confirm: Callable[[str], bool] | None = option(None, "", cli=False)  # noqa: RUF009
     #: Force the psutil holder lookup (what non-Linux systems use): tests on Linux.
     fallback: bool = option(False, "", cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        t = parse_target(self.target)
-        object.__setattr__(self, "_target", t)
+        t = self.parsed
         require(self.limit >= 0, f"--limit must be 0 (no limit) or more, not {self.limit}")
         if not t.is_port:
             require(
@@ -226,15 +238,15 @@ class Params(ProbeParams):
         require(not (self.kill and self.wait is not None), "--kill and --wait: give one")
         if not t.is_port:
             require(
-                self.wait is None and not self.kill, "--wait and --kill apply to a port, not to a UNIX path"
+                self.wait is None and not self.kill,
+                "--wait and --kill apply to a port, not to a UNIX path",
             )
         require(not (self.yes and not self.kill), "--yes confirms --kill; give --kill too")
         require(not (self.force and not self.kill), "--force applies to --kill; give --kill too")
 
     @property
     def parsed(self) -> Target:
-        t: Target = getattr(self, "_target")
-        return t
+        return _parsed(self.target)
 
     @property
     def is_port(self) -> bool:
@@ -251,4 +263,3 @@ class Params(ProbeParams):
         if tcp == udp:
             return ("tcp", "udp")
         return ("tcp",) if tcp else ("udp",)
-

@@ -125,7 +125,11 @@ def diag(
                 problems.append(
                     f"sock_diag for {proto}{suffix} failed ({oserror_text(exc)}): read "
                     f"/proc/net/{proto}{suffix} instead"
-                    + (", which lists no bound-but-not-listening TCP socket" if proto == "tcp" else "")
+                    + (
+                        ", which lists no bound-but-not-listening TCP socket"
+                        if proto == "tcp"
+                        else ""
+                    )
                 )
                 rows.extend(portdiag.proc_port(proto + suffix, port))
     return rows, problems
@@ -165,6 +169,10 @@ FALLBACK_LIMITS = (
 )
 
 
+#: (family, proto, local, remote, state): what tells psutil's sockets apart.
+_Key = tuple[int, str, tuple[str, int], tuple[str, int], int]
+
+
 def collect_psutil(port: int, protocols: tuple[str, ...]) -> tuple[list[Held], Holders, list[str]]:
     """The sockets on `port` and their holders from psutil. psutil.net_connections() lists
     each socket once, with one pid (on Linux the first /proc/PID/fd it met), so every
@@ -175,10 +183,10 @@ def collect_psutil(port: int, protocols: tuple[str, ...]) -> tuple[list[Held], H
 
     held: list[Held] = []
     holders = Holders()
-    ids: dict[tuple[object, ...], int] = {}
+    ids: dict[_Key, int] = {}
     problems: list[str] = []
 
-    def key_of(c: Any, proto: str) -> tuple[object, ...] | None:
+    def key_of(c: Any, proto: str) -> _Key | None:
         if not c.laddr or c.laddr.port != port:
             return None
         wild = "::" if c.family == socket.AF_INET6 else "0.0.0.0"
@@ -186,21 +194,33 @@ def collect_psutil(port: int, protocols: tuple[str, ...]) -> tuple[list[Held], H
         state = (1 if c.raddr else 7) if proto == "udp" else _PSUTIL_STATES.get(c.status, 7)
         return (c.family, proto, (c.laddr.ip, c.laddr.port), remote, state)
 
-    def add(key: tuple[object, ...]) -> int:
+    def add(key: _Key) -> int:
         if key not in ids:
             ids[key] = -(len(ids) + 1)
             family, proto, local, remote, state = key
             number = socket.IPPROTO_TCP if proto == "tcp" else socket.IPPROTO_UDP
             sock = portdiag.PortSocket(
-                family, number, state, local, remote, 0, 0, 0, 0, -1, ids[key], None, None  # type: ignore[arg-type]
+                family,
+                number,
+                state,
+                local,
+                remote,
+                0,
+                0,
+                0,
+                0,
+                -1,
+                ids[key],
+                None,
+                None,
             )
             held.append(Held(sock))
         return ids[key]
 
     for proto in protocols:
         try:
-            for c in psutil.net_connections(kind=proto):
-                key = key_of(c, proto)
+            for sc in psutil.net_connections(kind=proto):
+                key = key_of(sc, proto)
                 if key is not None:
                     add(key)
         except psutil.AccessDenied:

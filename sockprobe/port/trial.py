@@ -46,7 +46,9 @@ class Trial:
         if self.family != socket.AF_INET6:
             return ""
         if self.v6only_set is None:
-            got = "" if self.v6only is None else (" (IPv6-only)" if self.v6only else " (dual-stack)")
+            got = (
+                "" if self.v6only is None else (" (IPv6-only)" if self.v6only else " (dual-stack)")
+            )
             return "default" + got
         return "IPV6_V6ONLY=1" if self.v6only_set else "IPV6_V6ONLY=0"
 

@@ -49,6 +49,7 @@ def _denying_dir(path: str) -> str:
             return d
     return ""
 
+
 def _trial_connect(address: str | bytes) -> tuple[Cell, str | None, tuple[int, int, int] | None]:
     """Connect to `address` without blocking; (result cell, socket type that answered,
     SO_PEERCRED of the listener). A stream connect to a datagram socket fails with
@@ -154,7 +155,6 @@ def diagnose_unix(params: Params, deadline: Deadline) -> tuple[Report, bool]:
         {r.inode for r in shown}, check=lambda: deadline.check("reading /proc/*/fd")
     )
     peer: Proc | None = process_info(cred[0]) if cred and cred[0] > 0 else None
-    root = os.geteuid() == 0
 
     t = report.table(
         "unix_sockets",
@@ -190,9 +190,7 @@ def diagnose_unix(params: Params, deadline: Deadline) -> tuple[Report, bool]:
                 proc.command(60),
             )
 
-    o = report.table(
-        "unix_trials", f"Trials on {target} now", [col("operation"), col("result")]
-    )
+    o = report.table("unix_trials", f"Trials on {target} now", [col("operation"), col("result")])
     if not abstract:
         if st is not None:
             o.add(
@@ -307,7 +305,13 @@ def diagnose_unix(params: Params, deadline: Deadline) -> tuple[Report, bool]:
         bind_fails = True
     elif conn == "ECONNREFUSED" and [r for r in rows if not r.listening]:
         own = owners.of(rows[0].inode)
-        who = _who([p for p, _ in own]) if own else f"a process {hidden}" if hidden else "no process found"
+        who = (
+            _who([p for p, _ in own])
+            if own
+            else f"a process {hidden}"
+            if hidden
+            else "no process found"
+        )
         f.append(
             f"A socket is bound to {target} but not listening: connect gives ECONNREFUSED, "
             f"bind gives {plain}; bound by {who}. It will accept once that process calls "

@@ -39,8 +39,10 @@ def describe(rows: list[portdiag.PortSocket], holders: processes.Holders) -> str
     for h in pinned:
         if h.pins:
             pids = holders.pids(h.sock.inode)
-            who = ("pid " + ", ".join(map(str, pids))) if pids else (
-                "owner hidden" if holders.hidden_reason(h.sock.uid) else "no process"
+            who = (
+                ("pid " + ", ".join(map(str, pids)))
+                if pids
+                else ("owner hidden" if holders.hidden_reason(h.sock.uid) else "no process")
             )
             parts.append(f"{h.state} {who}")
     states = Counter(h.state for h in pinned if h.is_connection and not h.kernel_only)
@@ -71,7 +73,9 @@ def wait_free(
     holders = processes.Holders()
     mode = "reuseaddr" if params.reuseaddr else "plain"
     while True:
-        rows, _problems = sockets.diag(port, protos, lambda: max(0.05, min(1.0, deadline.remaining())))
+        rows, _problems = sockets.diag(
+            port, protos, lambda: max(0.05, min(1.0, deadline.remaining()))
+        )
         result.polls += 1
         sig = frozenset((r.family, r.protocol, r.state, r.local, r.remote, r.inode) for r in rows)
         if sig != last:
