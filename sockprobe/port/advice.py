@@ -10,6 +10,7 @@ the file's count drops to zero).
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import Counter
 
@@ -19,6 +20,10 @@ from sockprobe.port.sockets import TCP_CLOSE, TIME_WAIT, Held
 from sockprobe.port.trial import Trial
 
 TIME_WAIT_S = 60  # TCP_TIMEWAIT_LEN, include/net/tcp.h: fixed, not a sysctl
+
+
+def _hidden_short() -> str:
+    return "hidden: its fd table is unreadable" if os.geteuid() == 0 else "hidden: run as root"
 
 
 def _n(count: int, noun: str) -> str:
@@ -176,7 +181,9 @@ def findings(sc: Scene) -> tuple[list[str], str]:
                 else ""
             )
             if procs
-            else "LISTEN (owner " + ("hidden: run as root)" if "hidden" in owner else "not found)")
+            else "LISTEN (owner "
+            + (_hidden_short() if "hidden" in owner else "not found")
+            + ")"
         )
     t4 = trial_for(sc, "tcp")
     for owner, rows in _group(sc, bound):
@@ -291,7 +298,8 @@ def findings(sc: Scene) -> tuple[list[str], str]:
         sc.missing(h) for h in sc.shown if not h.kernel_only and not sc.procs(h) and not h.orphan
     }
     for reason in sorted(r for r in hidden if r.startswith("hidden")):
-        f.append(f"Some holders are {reason} (sudo sockprobe port {port}).")
+        sudo = "" if os.geteuid() == 0 else f" (sudo sockprobe port {port})"
+        f.append(f"Some holders are {reason}{sudo}.")
     if sc.fallback:
         from sockprobe.port.sockets import FALLBACK_LIMITS
 

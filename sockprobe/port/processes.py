@@ -78,7 +78,16 @@ class Holders:
     def hidden_reason(self, uid: int | None) -> str | None:
         """Why a socket of `uid` with no holder found may have one this user cannot see;
         None when nothing was hidden (then no process holds it)."""
-        if os.geteuid() == 0 or uid == os.geteuid():
+        me = os.geteuid()
+        if me == 0:
+            if not self.denied:
+                return None
+            pids = ", ".join(map(str, self.denied[:5])) + ("..." if len(self.denied) > 5 else "")
+            return (
+                f"hidden: the fd table of pid {pids} cannot be read even by root (EACCES: "
+                "ptrace access refused), and the holder may be there"
+            )
+        if uid == me:
             return None
         if self.hidepid:
             return (
@@ -163,6 +172,12 @@ def find_holders(
             for fd in names:
                 try:
                     link = readlink(fd, dir_fd=dfd)
+                except PermissionError:
+                    # Listing the directory is allowed but reading the links is not: even
+                    # root gets EACCES where ptrace access is refused (fs/proc/base.c
+                    # proc_fd_link -> proc_fd_access_allowed: a non-dumpable init, an LSM).
+                    found.denied.append(pid)
+                    break
                 except OSError:  # closed between listdir and readlink
                     continue
                 inode = want.get(link)
