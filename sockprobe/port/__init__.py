@@ -61,9 +61,34 @@ class PortResult:
 
 
 def run(params: Params) -> PortResult:
+    if params.check and params.quiet and params.wait is None and not params.kill:
+        if params.is_port and not params.all_netns:
+            # `--check -q` in a script: the trial bind is the whole answer, so nothing
+            # else (owner walk, managers, findings) is imported or run.
+            return _check_quietly(params)
     from sockprobe.port.compose import run_port
 
     return run_port(params)
+
+
+def _check_quietly(params: Params) -> PortResult:
+    import time
+
+    from sockprobe.lab import Deadline, resolve_host
+    from sockprobe.port import trial
+    from sockprobe.report import Report
+
+    t0 = time.monotonic()
+    host = resolve_host(params.host)
+    check = trial.check_address(params.parsed.address, host.is_v6)
+    trials = trial.run_trials(
+        params.port, params.protocols, check, host.address, Deadline(params.deadline), every=False
+    )
+    free = trial.free(trials)
+    ok = free["reuseaddr" if params.reuseaddr else "plain"]
+    report = Report("port", summary=f"port {params.port}: {'free' if ok else 'in use'}")
+    report.duration_s = time.monotonic() - t0
+    return PortResult(report, 0 if ok else 1, {"free": free, "holders": []})
 
 
 #: TRANSITIONAL: cli.py and fastport.py call diagnose(); the new CLI calls run().

@@ -181,9 +181,7 @@ def findings(sc: Scene) -> tuple[list[str], str]:
                 else ""
             )
             if procs
-            else "LISTEN (owner "
-            + (_hidden_short() if "hidden" in owner else "not found")
-            + ")"
+            else "LISTEN (owner " + (_hidden_short() if "hidden" in owner else "not found") + ")"
         )
     t4 = trial_for(sc, "tcp")
     for owner, rows in _group(sc, bound):

@@ -40,15 +40,6 @@ def run_port(params: Params) -> PortResult:
         )
 
     mode = "reuseaddr" if params.reuseaddr else "plain"
-    quick = params.check and params.quiet and params.wait is None and not params.kill
-    if quick:
-        # `--check -q` in a script: the trial bind is the whole answer; no owner walk.
-        sc = diagnosis.gather(params, deadline, quick=True)
-        report = Report("port")
-        report.summary = f"port {params.port}: {'free' if sc.free[mode] else 'in use'}"
-        report.duration_s = watch()
-        return PortResult(report, 0 if sc.free[mode] else 1, {"free": sc.free, "holders": []})
-
     result = PortResult(diagnosis.new_report(params))
     waited: wait.WaitResult | None = None
     if params.wait is not None:

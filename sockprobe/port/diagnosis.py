@@ -15,7 +15,7 @@ from typing import Any
 
 from sockprobe import kernel
 from sockprobe.lab import Deadline, resolve_host
-from sockprobe.port import managers, netns, processes, sockets, trial
+from sockprobe.port import managers, processes, sockets, trial
 from sockprobe.port.managers import Manager
 from sockprobe.port.params import FALLBACK_ENV, Params
 from sockprobe.port.processes import Holders, Proc
@@ -107,6 +107,8 @@ def gather(params: Params, deadline: Deadline, quick: bool = False) -> Scene:
     nserrors: dict[str, str] = {}
     nscount = 0
     if params.all_netns:
+        from sockprobe.port import netns
+
         spaces = netns.namespaces()
         nscount = len(spaces)
         found, nserrors = netns.query(spaces, port, params.protocols, deadline)

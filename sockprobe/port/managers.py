@@ -20,8 +20,6 @@ Read from what the kernel exposes, never guessed:
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -139,6 +137,8 @@ def unit_file(unit: str) -> str | None:
 def unit_setting(unit: str, key: str) -> tuple[str, str] | None:
     """(value, file) of the last `key=` in the unit file and its drop-ins, or None when no
     file is found or none sets it (systemd.unit(5): later assignments win)."""
+    import glob
+
     found: tuple[str, str] | None = None
     path = unit_file(unit)
     files = [path] if path else []
@@ -159,6 +159,8 @@ def unit_setting(unit: str, key: str) -> tuple[str, str] | None:
 def socket_units(port: int) -> list[str]:
     """.socket units whose ListenStream=/ListenDatagram= names `port` (8080, [::]:8080,
     0.0.0.0:8080), from the unit files."""
+    import glob
+
     out = []
     for d in UNIT_DIRS:
         for path in sorted(glob.glob(os.path.join(d, "*.socket"))):
@@ -178,6 +180,8 @@ def socket_units(port: int) -> list[str]:
 
 
 def _docker_name(cid: str) -> str:
+    import json
+
     try:
         with open(f"/var/lib/docker/containers/{cid}/config.v2.json", encoding="utf-8") as f:
             name = json.load(f).get("Name", "")

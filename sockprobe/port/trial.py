@@ -22,9 +22,12 @@ import errno
 import socket
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from sockprobe.lab import Deadline, fmt_addr
-from sockprobe.report import NA, Cell
-from sockprobe.status import oserror_text
+
+if TYPE_CHECKING:
+    from sockprobe.report import Cell
 
 
 @dataclass
@@ -104,6 +107,9 @@ def bind_once(
     try:
         s = socket.socket(family, kind)
     except OSError as exc:
+        from sockprobe.report import NA
+        from sockprobe.status import oserror_text
+
         return NA(f"cannot create this socket here: {oserror_text(exc)}"), None
     with s:
         got: bool | None = None
