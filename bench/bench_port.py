@@ -32,7 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import PYTHON, SOCKPROBE, Result, interleaved_medians
+from common import PYTHON, Result, interleaved_medians
 
 PAIRS = 5000
 RUNS = 15

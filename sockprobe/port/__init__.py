@@ -61,11 +61,11 @@ class PortResult:
 
 
 def run(params: Params) -> PortResult:
-    if params.check and params.quiet and params.wait is None and not params.kill:
-        if params.is_port and not params.all_netns:
-            # `--check -q` in a script: the trial bind is the whole answer, so nothing
-            # else (owner walk, managers, findings) is imported or run.
-            return _check_quietly(params)
+    quick = params.check and params.quiet and params.wait is None and not params.kill
+    if quick and params.is_port and not params.all_netns:
+        # `--check -q` in a script: the trial bind is the whole answer, so nothing
+        # else (owner walk, managers, findings) is imported or run.
+        return _check_quietly(params)
     from sockprobe.port.compose import run_port
 
     return run_port(params)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from sockprobe.lab import Deadline, fmt_addr
