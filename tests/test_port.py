@@ -534,6 +534,17 @@ def test_cgroup_paths_of_each_runtime():
     )
 
 
+def test_socket_units_are_found_by_their_listen_lines(tmp_path):
+    """Socket activation: the .socket unit whose ListenStream= names the port."""
+    (tmp_path / "web.socket").write_text("[Socket]\nListenStream=[::]:8080\n")
+    (tmp_path / "dns.socket").write_text("[Socket]\nListenDatagram=53\nListenStream=53\n")
+    (tmp_path / "other.socket").write_text("[Socket]\nListenStream=18080\n")
+    dirs = (str(tmp_path),)
+    assert managers.socket_units(8080, dirs) == ["web.socket"]
+    assert managers.socket_units(53, dirs) == ["dns.socket"]
+    assert managers.socket_units(80, dirs) == []
+
+
 def test_docker_proxy_argv_is_named_with_what_it_forwards(holder):
     p = free_port()
     h = holder(

@@ -156,13 +156,13 @@ def unit_setting(unit: str, key: str) -> tuple[str, str] | None:
     return found
 
 
-def socket_units(port: int) -> list[str]:
+def socket_units(port: int, dirs: tuple[str, ...] = UNIT_DIRS) -> list[str]:
     """.socket units whose ListenStream=/ListenDatagram= names `port` (8080, [::]:8080,
     0.0.0.0:8080), from the unit files."""
     import glob
 
     out = []
-    for d in UNIT_DIRS:
+    for d in dirs:
         for path in sorted(glob.glob(os.path.join(d, "*.socket"))):
             try:
                 with open(path, encoding="utf-8", errors="replace") as f:
