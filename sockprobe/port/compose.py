@@ -88,12 +88,8 @@ def _wait_report(report: Report, sc: diagnosis.Scene, w: wait.WaitResult, mode: 
         )
         report.summary = f"port {sc.port}: free after {w.waited_s:.2f} s of --wait"
     else:
-        report.findings.append(
-            f"--wait ran out after {w.waited_s:.2f} s: still held ({w.timeline[-1][1]})."
-        )
-        report.summary = (
-            f"port {sc.port}: still held after {w.waited_s:.2f} s of --wait ({w.timeline[-1][1]})"
-        )
+        report.findings.append(f"--wait ran out after {w.waited_s:.2f} s: still held ({w.last}).")
+        report.summary = f"port {sc.port}: still held after {w.waited_s:.2f} s of --wait ({w.last})"
 
 
 def _kill(

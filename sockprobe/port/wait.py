@@ -30,6 +30,8 @@ class WaitResult:
     #: (seconds since the start, what held the port) at each change.
     timeline: list[tuple[float, str]] = field(default_factory=list)
     polls: int = 0
+    #: What held the port at the last poll (TIME_WAIT seconds counted down).
+    last: str = ""
 
 
 def describe(rows: list[portdiag.PortSocket], holders: processes.Holders) -> str:
@@ -92,6 +94,7 @@ def wait_free(
             result.timeline.append((time.monotonic() - t0, status))
         else:
             status = describe(rows, holders)
+        result.last = status
         if progress is not None:
             progress(f"port {port}: {status}")
         now = time.monotonic()
