@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from helpers import labelled, has_ipv6_loopback, interrupt
+from helpers import has_ipv6_loopback, interrupt, labelled
 
 from sockprobe import kernel
 from sockprobe.cli import main

@@ -53,7 +53,7 @@ from sockprobe.kernel.backlog import (
 from sockprobe.kernel.sockstate import abortive_linger
 from sockprobe.lab import Deadline, Lab, fmt_addr
 from sockprobe.probes import ProbeParams, Stopwatch, plural, require
-from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
+from sockprobe.report import NA, Cell, Report, environment, legacy_table, params_dict
 from sockprobe.status import Unsupported, errno_name
 
 DEFAULT_BACKLOGS = (0, 1, 8, 128)

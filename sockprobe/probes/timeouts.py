@@ -43,7 +43,7 @@ from sockprobe.kernel import sockstate
 from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, require
 from sockprobe.probes._outcome import Attempt, attempt, errno_name, result_errno, result_text
-from sockprobe.report import legacy_table, Cell, Report, environment, params_dict
+from sockprobe.report import Cell, Report, environment, legacy_table, params_dict
 from sockprobe.status import DeadlineExceeded
 
 #: Operation id -> (label, the calls tried).
