@@ -21,6 +21,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sockprobe.options import option
 from sockprobe.probes import ProbeParams, require
@@ -158,11 +159,16 @@ def _proto_form(t: str) -> bool:
 
 @dataclass(frozen=True)
 class Params(ProbeParams):
+    #: A diagnosis binds only the port it is asked about: it runs with the ephemeral
+    #: range exhausted (and says so).
+    needs_ports: ClassVar[bool] = False
+
     target: str = option(
         "",
         "A port (8080, :8080, 127.0.0.1:8080, [::1]:8080, tcp/8080, 8080/udp, http), a UNIX "
         "socket path (with a '/'), or @name (abstract).",
         metavar="TARGET",
+        positional=True,
     )
     tcp: bool = option(False, "TCP only.")
     udp: bool = option(False, "UDP only.")
@@ -182,6 +188,7 @@ class Params(ProbeParams):
         "Wait until the check passes, at most SECONDS (bare --wait: until --deadline). "
         "Exit 0 when free, 1 at the timeout.",
         metavar="SECONDS",
+        const=WAIT_UNTIL_DEADLINE,
     )
     kill: bool = option(
         False,
