@@ -10,8 +10,7 @@ walk, as ss does: every holder is named). Goals, as interleaved medians: at most
 `ss -tanp 'sport = :P'` and faster than `lsof -nP -iTCP:P`; `port P --check -q` at most
 2.5x `python -c 'import socket'`; `port P --all-netns` with 20 namespaces under 1 s.
 
-The commands run `python -m sockprobe.port` (the package's own entry, which wires run()
-as the CLI will) until the generic CLI is on main.
+The commands run the `sockprobe` console script (the argparse CLI).
 
 Also measured: the crowded port itself (one listener with 5,000 connections), where
 sockprobe resolves every inode it shows.
@@ -32,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import PYTHON, Result, interleaved_medians
+from common import PYTHON, SOCKPROBE, Result, interleaved_medians
 
 PAIRS = 5000
 RUNS = 15
@@ -106,7 +105,7 @@ def bench() -> list[Result]:
     per_helper = max(1, min(PAIRS, (hard - 64) // 2))
     helpers: list[subprocess.Popen[str]] = []
     spaces: list[str] = []
-    port_cmd = [PYTHON, "-m", "sockprobe.port"]
+    port_cmd = [SOCKPROBE, "port"]
     try:
         left = PAIRS
         crowd_port = 0
@@ -127,8 +126,8 @@ def bench() -> list[Result]:
             timeout=60,
         )
         doc = json.loads(check.stdout)
-        pids = {p for h in doc["holders"] if h["state"] == "LISTEN" for p in h["pids"]}
-        correct = pids == {server.pid}
+        procs = next(t for t in doc["tables"] if t["id"] == "processes")
+        correct = {r["pid"] for r in procs["rows"]} == {server.pid}
 
         m = interleaved_medians(
             {

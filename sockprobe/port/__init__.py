@@ -23,7 +23,6 @@ This module imports only params.py at import time: the CLI imports it to build t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sockprobe.port.params import FALLBACK_ENV, SIGNALS, WAIT_UNTIL_DEADLINE, Params, Target
@@ -42,16 +41,24 @@ __all__ = [
 ]
 
 
-@dataclass
 class PortResult:
-    report: Report
-    #: 0 ran (with --check/--wait/--kill: a new listener could start now); 1 it could
-    #: not (--check, --wait timed out, --kill left it held or was declined).
-    exit_code: int = 0
-    #: Top-level JSON keys beside the report's: `free` {plain, reuseaddr} and `holders`.
-    data: dict[str, Any] = field(default_factory=dict)
-    #: What --kill did, one entry per process: {pid, action, signal?, result}.
-    actions: list[dict[str, Any]] = field(default_factory=list)
+    """What run() returns (a plain class: a dataclass costs a millisecond at import)."""
+
+    def __init__(
+        self,
+        report: Report,
+        exit_code: int = 0,
+        data: dict[str, Any] | None = None,
+        actions: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.report = report
+        #: 0 ran (with --check/--wait/--kill: a new listener could start now); 1 it could
+        #: not (--check, --wait timed out, --kill left it held or was declined).
+        self.exit_code = exit_code
+        #: Top-level JSON keys beside the report's: `free` {plain, reuseaddr}, `holders`.
+        self.data: dict[str, Any] = data if data is not None else {}
+        #: What --kill did, one entry per process: {pid, action, signal, result, stop, argv}.
+        self.actions: list[dict[str, Any]] = actions if actions is not None else []
 
     @property
     def bind_fails(self) -> bool:

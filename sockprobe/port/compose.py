@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import signal as signals
+from typing import TYPE_CHECKING
 
 from sockprobe import kernel
 from sockprobe.lab import Deadline, resolve_host
-from sockprobe.port import PortResult, advice, diagnosis, kill, processes, wait
+from sockprobe.port import PortResult, advice, diagnosis, processes
 from sockprobe.port.params import WAIT_UNTIL_DEADLINE, Params
 from sockprobe.probes import Stopwatch
 from sockprobe.report import VOLATILE, Report, col
 from sockprobe.status import Unsupported, UsageError
+
+if TYPE_CHECKING:  # imported when used: a plain diagnosis needs neither
+    from sockprobe.port import kill, wait
 
 
 def run_port(params: Params) -> PortResult:
@@ -43,6 +47,8 @@ def run_port(params: Params) -> PortResult:
     result = PortResult(diagnosis.new_report(params))
     waited: wait.WaitResult | None = None
     if params.wait is not None:
+        from sockprobe.port import wait
+
         host = resolve_host(params.host)
         from sockprobe.port import trial
 
@@ -95,6 +101,8 @@ def _wait_report(report: Report, sc: diagnosis.Scene, w: wait.WaitResult, mode: 
 def _kill(
     result: PortResult, sc: diagnosis.Scene, deadline: Deadline, free: dict[str, bool]
 ) -> dict[str, bool]:
+    from sockprobe.port import kill, wait
+
     report = result.report
     p = kill.plan(sc)
     text = p.text(sc.port)

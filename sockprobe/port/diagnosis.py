@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
 from typing import Any
 
 from sockprobe import kernel
@@ -37,24 +36,41 @@ UNFOUND = (
 ORPHAN = "no process: its owner closed it and the kernel is finishing the close (inode 0)"
 
 
-@dataclass
 class Scene:
-    """Everything measured about one port, for the tables, the findings and the actions."""
+    """Everything measured about one port, for the tables, the findings and the actions
+    (a plain class: see processes.Holders)."""
 
-    params: Params
-    held: list[Held]
-    shown: list[Held]
-    holders: Holders
-    managers: dict[int, Manager]
-    trials: list[trial.Trial]
-    facts: trial.PortFacts
-    problems: list[str]
-    check: tuple[int, str]
-    exhausted: str | None = None
-    fallback: bool = False
-    #: Other namespaces' read errors (--all-netns).
-    netns_errors: dict[str, str] = field(default_factory=dict)
-    netns_count: int = 0
+    def __init__(
+        self,
+        params: Params,
+        held: list[Held],
+        shown: list[Held],
+        holders: Holders,
+        managers: dict[int, Manager],
+        trials: list[trial.Trial],
+        facts: trial.PortFacts,
+        problems: list[str],
+        check: tuple[int, str],
+        exhausted: str | None = None,
+        fallback: bool = False,
+        netns_errors: dict[str, str] | None = None,
+        netns_count: int = 0,
+    ) -> None:
+        self.params = params
+        self.held = held
+        self.shown = shown
+        self.holders = holders
+        self.managers = managers
+        self.trials = trials
+        self.facts = facts
+        self.problems = problems
+        self.check = check
+        #: The errno of a bind to port 0 when the ephemeral range is exhausted.
+        self.exhausted = exhausted
+        self.fallback = fallback
+        #: Other namespaces' read errors (--all-netns).
+        self.netns_errors = netns_errors or {}
+        self.netns_count = netns_count
 
     @property
     def port(self) -> int:

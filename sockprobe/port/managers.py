@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sockprobe.port.processes import Proc
 
@@ -51,8 +51,7 @@ _STOP = {
 FORWARDERS = ("docker-proxy", "rootlessport", "rootlesskit", "pasta", "pasta.avx2", "slirp4netns")
 
 
-@dataclass(frozen=True)
-class Manager:
+class Manager(NamedTuple):
     #: "systemd", "container", "socket-activation" or "forwarder".
     kind: str
     #: The cgroup path read (v2, or v1 name=systemd).

@@ -26,7 +26,7 @@ import json
 import os
 import select
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sockprobe.kernel import portdiag
 from sockprobe.lab import Deadline
@@ -35,8 +35,7 @@ from sockprobe.status import Unsupported
 CLONE_NEWNET = 0x40000000
 
 
-@dataclass(frozen=True)
-class Namespace:
+class Namespace(NamedTuple):
     inode: int
     #: The /run/netns name, else "netns:[INODE]".
     name: str

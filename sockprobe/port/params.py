@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from sockprobe.options import option
 from sockprobe.probes import ProbeParams, require
@@ -36,8 +36,7 @@ SIGNALS = ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")
 FALLBACK_ENV = "SOCKPROBE_PORT_FALLBACK"
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """The parsed target: a port (with protocols and an optional address) or a UNIX name."""
 
     port: int = 0

@@ -26,13 +26,12 @@ import os
 import pwd
 import shlex
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True)
-class Proc:
+class Proc(NamedTuple):
     pid: int
     ppid: int | None
     #: /proc/PID/comm (the kernel's 15-character name).
@@ -58,16 +57,19 @@ class Proc:
 _CONTROL = {c: " " for c in (*range(32), 127)}
 
 
-@dataclass
 class Holders:
-    #: inode -> [(pid, fd), ...] of every process holding it, in pid order.
-    fds: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    procs: dict[int, Proc] = field(default_factory=dict)
-    #: pids whose fd table could not be read (EACCES: another user's, without root).
-    denied: list[int] = field(default_factory=list)
-    #: /proc is mounted with hidepid=1/2 (or invisible/noaccess) and this is not root.
-    hidepid: str = ""
-    scanned: int = 0
+    """What the fd walk found. A plain class: a dataclass costs about a millisecond to
+    create at import, and `sockprobe port` is run in loops."""
+
+    def __init__(self) -> None:
+        #: inode -> [(pid, fd), ...] of every process holding it, in pid order.
+        self.fds: dict[int, list[tuple[int, int]]] = {}
+        self.procs: dict[int, Proc] = {}
+        #: pids whose fd table could not be read (EACCES: another user's, without root).
+        self.denied: list[int] = []
+        #: /proc is mounted with hidepid=1/2 (or invisible/noaccess) and this is not root.
+        self.hidepid = ""
+        self.scanned = 0
 
     def pids(self, inode: int) -> list[int]:
         return [pid for pid, _ in self.fds.get(inode, [])]

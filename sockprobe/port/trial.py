@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from sockprobe.lab import Deadline, fmt_addr
 
@@ -29,19 +28,34 @@ if TYPE_CHECKING:
     from sockprobe.report import Cell
 
 
-@dataclass
 class Trial:
-    proto: str
-    family: int
-    address: str
-    #: IPV6_V6ONLY as set by the trial: None = left alone (the plain bind).
-    v6only_set: bool | None
-    #: This row answers --check: the target's address, or the --host family's wildcard.
-    for_check: bool = False
-    #: IPV6_V6ONLY read back from the plain socket (AF_INET6 only).
-    v6only: bool | None = None
-    plain: Cell = None
-    reuse: Cell = None
+    """One trial bind, plain and with SO_REUSEADDR (a plain class: see Holders)."""
+
+    __slots__ = (
+        "address",
+        "family",
+        "for_check",
+        "plain",
+        "proto",
+        "reuse",
+        "v6only",
+        "v6only_set",
+    )
+
+    def __init__(
+        self, proto: str, family: int, address: str, v6only_set: bool | None, for_check: bool
+    ) -> None:
+        self.proto = proto
+        self.family = family
+        self.address = address
+        #: IPV6_V6ONLY as set by the trial: None = left alone (the plain bind).
+        self.v6only_set = v6only_set
+        #: This row answers --check: the target's address, or the --host family's wildcard.
+        self.for_check = for_check
+        #: IPV6_V6ONLY read back from the plain socket (AF_INET6 only).
+        self.v6only: bool | None = None
+        self.plain: Cell = None
+        self.reuse: Cell = None
 
     @property
     def mode(self) -> str:
@@ -169,8 +183,7 @@ def ephemeral_exhausted(family: int) -> str | None:
 
 
 # -- the port's place among the kernel's port settings --------------------------------------
-@dataclass
-class PortFacts:
+class PortFacts(NamedTuple):
     port: int
     unprivileged_start: int | None
     local_range: tuple[int, int] | None
