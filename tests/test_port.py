@@ -718,12 +718,17 @@ try:
 except OSError:
     exhausted = True
 r = run(Params(target="8080", check=True))
-print(json.dumps([exhausted, r.exit_code, r.report.summary, r.report.findings]))
+import contextlib, io
+from sockprobe.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    cli_code = main(["port", "8080", "--check"])
+print(json.dumps([exhausted, r.exit_code, r.report.summary, r.report.findings, cli_code]))
 """
     p = netns.in_netns(code, sysctls={"net.ipv4.ip_local_port_range": "40000 40000"})
     assert p.returncode == 0, p.stderr
-    exhausted, exit_code, summary, findings = json.loads(p.stdout)
+    exhausted, exit_code, summary, findings, cli_code = json.loads(p.stdout)
     assert exhausted and exit_code == 0 and "free" in summary
+    assert cli_code == 0  # the CLI runs it too (no exit 3 for the exhausted range)
     assert any("ephemeral port range is exhausted" in f and "EADDRINUSE" in f for f in findings)
 
 
@@ -844,6 +849,24 @@ def test_kill_never_signals_sockprobe_itself():
         r = port(s.getsockname()[1], tcp=True, kill=True, yes=True, grace=0.1)
     assert [(a["pid"], a["action"]) for a in r.actions] == [(os.getpid(), "skip")]
     assert "this sockprobe process" in r.actions[0]["result"]
+
+
+def test_kill_never_signals_its_parent():
+    """The shell or script that ran sockprobe holds the listener: it is named, not hit."""
+    parent = r"""
+import json, socket, subprocess, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+r = subprocess.run([sys.executable, "-m", "sockprobe.port", str(s.getsockname()[1]), "--tcp",
+                    "--kill", "--yes", "--grace", "0.1", "--json"], capture_output=True, text=True)
+print(json.dumps([r.returncode, json.loads(r.stdout)["actions"]]))
+"""
+    p = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, timeout=60, cwd=str(ROOT)
+    )
+    assert p.returncode == 0, p.stderr  # the parent survived to print
+    code, actions = json.loads(p.stdout)
+    assert code == 1 and [a["action"] for a in actions] == ["skip"]
+    assert actions[0]["result"] == "it is sockprobe's parent process"
 
 
 def test_kill_reports_the_time_wait_left(holder):
