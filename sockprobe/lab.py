@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -223,6 +224,18 @@ class Lab:
         if sock in self.sockets:
             self.sockets.remove(sock)
 
+    def close_abortively(self, *socks: socket.socket) -> None:
+        """Close sockets whose experiment is over with SO_LINGER {1, 0}: tcp_close()
+        then sends a reset instead of a FIN, so neither end lingers in TIME_WAIT and a
+        probe leaves no socket behind in the kernel either. Only for connections whose
+        data has all been read: a reset discards anything still queued."""
+        for sock in socks:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass  # already closed by the peer's reset, or not a TCP socket
+            self.close(sock)
+
     def listener(
         self,
         backlog: int = 128,
@@ -238,6 +251,10 @@ class Lab:
         try:
             s.bind(self.host.sockaddr(port))
         except OSError as exc:
+            # Port 0 in use: the ephemeral range ran out mid-probe (the probe's own
+            # connections count), the host's cause, not the user's (require_local).
+            if port == 0 and exc.errno == errno.EADDRINUSE:
+                raise Unsupported(ephemeral_exhausted_text(self.host)) from None
             raise UsageError(
                 f"cannot bind {fmt_addr(self.host.sockaddr(port))}: {oserror_text(exc)}"
             ) from None
@@ -360,3 +377,87 @@ class Lab:
                 if pipe is not None:
                     pipe.close()
         self.processes.clear()
+
+
+#: errnos that mean "this machine cannot make loopback connections now", not "the
+#: experiment found something": no route (lo down), no such local address, no
+#: descriptors, no free ephemeral port.
+CANNOT_CONNECT = frozenset(
+    {
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.EADDRNOTAVAIL,
+        errno.ENETDOWN,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ECONNREFUSED,
+    }
+)
+
+
+def pair_or_unsupported(
+    lab: Lab,
+    doing: str,
+    configure_client: Callable[[socket.socket], None] | None = None,
+    configure_listener: Callable[[socket.socket], None] | None = None,
+    name: str = "",
+) -> tuple[socket.socket, socket.socket]:
+    """`lab.tcp_pair(...)`, but a connection that cannot be made here (CANNOT_CONNECT,
+    or a connect timeout: lo down drops the SYN) raises Unsupported naming the errno and
+    what the probe was doing, so that no experiment reports a result it never measured."""
+    from sockprobe.status import Unsupported, oserror_text
+
+    try:
+        return lab.tcp_pair(configure_client, configure_listener, name=name)
+    except TimeoutError:
+        lab.deadline.check(doing)
+        raise Unsupported(
+            f"cannot connect on {lab.host.address} ({doing}): the connect timed out"
+        ) from None
+    except OSError as exc:
+        if exc.errno in CANNOT_CONNECT:
+            raise Unsupported(
+                f"cannot connect on {lab.host.address} ({doing}): {oserror_text(exc)}"
+            ) from None
+        raise
+
+
+#: How long a datagram sent on the lab host may take to arrive before the host is judged
+#: unable to deliver (loopback delivers inside send(); this is generous for a loaded box).
+DELIVERY_CAP_S = 0.5
+
+
+def require_udp_delivery(lab: Lab) -> None:
+    """Unsupported (exit 3) unless one UDP datagram sent on the lab host arrives.
+
+    A UDP probe's numbers rest on datagrams being delivered; a send() that succeeds proves
+    nothing (with `lo` down, a loopback send() still returns its length and the kernel
+    drops the packet). The cause is named: the send's errno (ENETUNREACH, EADDRNOTAVAIL,
+    EPERM from a firewall) or, when it vanished, the state of `lo` for a loopback host.
+    """
+    from sockprobe.kernel import netif
+    from sockprobe.status import Unsupported
+
+    where = f"[{lab.host.address}]" if lab.host.is_v6 else lab.host.address
+    try:
+        tx, rx = lab.udp_pair()
+        tx.send(b"sockprobe: delivery check")
+    except OSError as exc:
+        raise Unsupported(f"UDP on {where} cannot send here: {oserror_text(exc)}") from None
+    del lab.endpoints[-2:]  # a check, not an endpoint of the experiments
+    rx.settimeout(lab.deadline.timeout(DELIVERY_CAP_S, "checking UDP delivery"))
+    try:
+        rx.recv(64)
+    except TimeoutError:
+        lab.deadline.check("checking UDP delivery")
+        cause = ""
+        if ipaddress.ip_address(lab.host.address).is_loopback and netif.link_is_up("lo") is False:
+            cause = ": the loopback interface lo is down"
+        raise Unsupported(
+            f"a UDP datagram sent to {where} did not arrive within {DELIVERY_CAP_S:g} s{cause}"
+        ) from None
+    except OSError as exc:
+        raise Unsupported(f"UDP on {where} cannot receive here: {oserror_text(exc)}") from None
+    finally:
+        lab.close(tx)
+        lab.close(rx)

@@ -139,6 +139,15 @@ def _text(report: Report, opts: RenderOptions, markdown: bool) -> str:
             out.append("(none)")
             out.append("")
             continue
+        if table.detail and not opts.explain:
+            out += _wrap(
+                f"({len(table.rows)} rows of detail: shown with --explain, and in --json or "
+                f"--format csv --table {table.id})",
+                w,
+                indent="  ",
+            )
+            out.append("")
+            continue
         out += _markdown_table(table) if markdown else _fit_table(table, w)
         for reason in table.na_reasons():
             out += _wrap(f"n/a: {reason}", w, indent="  ")
@@ -258,16 +267,19 @@ def _cell_lines(text: str, width: int) -> list[str]:
 
 
 def _records(table: Table, heads: list[str], cells: list[list[str]], width: int) -> list[str]:
-    """One block per row: its key cells as a heading, then `label: value` lines."""
+    """One block per row: its key cells as a heading, then `label: value unit` pairs
+    joined by semicolons and wrapped (compact: a few lines per row)."""
     keys = set(table.keys)
     out: list[str] = []
     for row in cells:
         ident = " / ".join(v for c, v in zip(table.columns, row) if c.key in keys)
         out += _wrap(f"* {ident}", width, indent="  ")
-        for c, h, v in zip(table.columns, heads, row):
-            if c.key in keys:
-                continue
-            out += _wrap(f"{h}: {v}", width, indent="      ", first="    ")
+        pairs = [
+            f"{c.label}: {v}" + (f" {c.unit}" if c.unit and v not in ("-", "n/a") else "")
+            for c, v in zip(table.columns, row)
+            if c.key not in keys
+        ]
+        out += _wrap("; ".join(pairs), width, indent="    ", first="    ")
     return out
 
 
@@ -335,7 +347,9 @@ def _histogram(chart: Histogram, width: int, uni: bool) -> list[str]:
     if not samples:
         return [f"{chart.title}: no samples"]
     label_w = min(max(len(lbl) for lbl, _ in chart.series), 16)
-    bins = max(10, min(60, width - label_w - 14))
+    medians = [sorted(ss)[len(ss) // 2] for _, ss in chart.series if ss]
+    tail = 9 + max((len(_num(m)) for m in medians), default=3)  # "| median " + the number
+    bins = max(10, min(60, width - label_w - 4 - tail))
     lo, hi = min(samples), max(samples)
     a: float
     b: float

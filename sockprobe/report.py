@@ -96,6 +96,9 @@ class Table:
     columns: list[Column]
     keys: list[str] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
+    #: A table of per-event detail (one row per round, per call): always in JSON and
+    #: CSV, in the table format only with --explain, so the first screen stays short.
+    detail: bool = False
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.id):
@@ -230,10 +233,11 @@ class Report:
         title: str,
         columns: Sequence[Column],
         keys: Sequence[str] = (),
+        detail: bool = False,
     ) -> Table:
         if any(t.id == id for t in self.tables):
             raise ValueError(f"report {self.probe!r}: a second table with id {id!r}")
-        t = Table(id, title, list(columns), keys=list(keys))
+        t = Table(id, title, list(columns), keys=list(keys), detail=detail)
         self.tables.append(t)
         return t
 

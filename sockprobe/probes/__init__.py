@@ -68,6 +68,19 @@ PROBES: tuple[ProbeSpec, ...] = (
         "How do message boundaries survive TCP, UDP, SEQPACKET, and a length-prefixed protocol?",
     ),
     ProbeSpec(
+        "dead-peer",
+        "sockprobe.probes.dead_peer",
+        "What notices a peer that vanished without a word (keepalive, TCP_USER_TIMEOUT, "
+        "retries), and when?",
+        ("sockprobe dead-peer", "sockprobe dead-peer --keepalive 2,1,3 --user-timeout 800"),
+    ),
+    ProbeSpec(
+        "ephemeral",
+        "sockprobe.probes.ephemeral",
+        "When does connect() run out of local ports (EADDRNOTAVAIL), and how close is this host?",
+        ("sockprobe ephemeral", "sockprobe ephemeral --ports 8 --top 10"),
+    ),
+    ProbeSpec(
         "kernel",
         "sockprobe.probes.settings",
         "Which kernel settings shape these behaviours here, and what does each change?",
