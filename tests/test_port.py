@@ -545,6 +545,15 @@ def test_socket_units_are_found_by_their_listen_lines(tmp_path):
     assert managers.socket_units(80, dirs) == []
 
 
+def test_restart_is_read_from_the_unit_file_and_its_drop_ins(tmp_path):
+    (tmp_path / "web.service").write_text("[Service]\nExecStart=/bin/web\nRestart=on-failure\n")
+    (tmp_path / "web.service.d").mkdir()
+    (tmp_path / "web.service.d" / "override.conf").write_text("[Service]\nRestart=always\n")
+    got = managers.unit_setting("web.service", "Restart", (str(tmp_path),))
+    assert got == ("always", str(tmp_path / "web.service.d" / "override.conf"))
+    assert managers.unit_setting("none.service", "Restart", (str(tmp_path),)) is None
+
+
 def test_docker_proxy_argv_is_named_with_what_it_forwards(holder):
     p = free_port()
     h = holder(

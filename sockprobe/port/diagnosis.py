@@ -173,6 +173,8 @@ def tables(report: Report, sc: Scene) -> None:
     port = sc.port
     protos = " and ".join(p.upper() for p in sc.params.protocols)
     where = "every network namespace" if sc.params.all_netns else "this network namespace"
+    if sc.fallback:
+        where += "; from psutil, which lists no bound-only TCP socket"
     cols = [
         col("proto"),
         col("local"),

@@ -125,23 +125,23 @@ def unit_of(cgroup: str) -> str:
     return ""
 
 
-def unit_file(unit: str) -> str | None:
-    for d in UNIT_DIRS:
+def unit_file(unit: str, dirs: tuple[str, ...] = UNIT_DIRS) -> str | None:
+    for d in dirs:
         path = os.path.join(d, unit)
         if os.path.isfile(path):
             return path
     return None
 
 
-def unit_setting(unit: str, key: str) -> tuple[str, str] | None:
+def unit_setting(unit: str, key: str, dirs: tuple[str, ...] = UNIT_DIRS) -> tuple[str, str] | None:
     """(value, file) of the last `key=` in the unit file and its drop-ins, or None when no
     file is found or none sets it (systemd.unit(5): later assignments win)."""
     import glob
 
     found: tuple[str, str] | None = None
-    path = unit_file(unit)
+    path = unit_file(unit, dirs)
     files = [path] if path else []
-    for d in UNIT_DIRS:
+    for d in dirs:
         files += sorted(glob.glob(os.path.join(d, unit + ".d", "*.conf")))
     for f in files:
         try:

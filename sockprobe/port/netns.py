@@ -74,12 +74,20 @@ def namespaces(proc: str = "/proc", run_netns: str = "/run/netns") -> list[Names
         ino = _ino(path)
         if ino is None or ino == mine or ino in found:
             continue
-        name, npath = names.get(ino, (f"netns:[{ino}]", path))
+        name, npath = names.get(ino, (_container_name(int(p)) or f"netns:[{ino}]", path))
         found[ino] = Namespace(ino, name, int(p), npath)
     for ino, (name, npath) in names.items():
         if ino != mine and ino not in found:
             found[ino] = Namespace(ino, name, 0, npath)
     return sorted(found.values(), key=lambda n: n.name)
+
+
+def _container_name(pid: int) -> str:
+    """ "docker 0123456789ab" when the process's cgroup names a container, else ""."""
+    from sockprobe.port.managers import container_of, read_cgroup
+
+    found = container_of(read_cgroup(pid))
+    return f"{found[0]} {found[1][:12]}" if found else ""
 
 
 def _setns(fd: int) -> None:
