@@ -31,7 +31,7 @@ from typing import Any
 
 from sockprobe.fingerprint import FINGERPRINT_KIND
 from sockprobe.probes import plural
-from sockprobe.report import KINDS, SCHEMA_VERSION, Report, col
+from sockprobe.report import KINDS, SCHEMA_VERSION, Report, col, environment
 from sockprobe.status import UsageError
 
 #: A fingerprint is a few hundred KB; anything far larger is not one.
@@ -537,6 +537,15 @@ def _compare_table(
         return
     cols_a = {c["key"]: c for c in ta["columns"]}
     cols_b = {c["key"]: c for c in tb["columns"]}
+    keys = ta.get("keys") or []
+    if keys and all(
+        cols_a.get(k, {}).get("kind") == "context" or cols_b.get(k, {}).get("kind") == "context"
+        for k in keys
+    ):
+        # Rows identified by context values (a host's current destinations, its
+        # processes) are a snapshot of the host, not a behaviour: never compared.
+        out.skipped += len(ta["rows"]) * len(ta["columns"])
+        return
     for k in cols_a:
         if k not in cols_b:
             out.differences.append(Difference("column", probe, tid, "", k, "present", "absent"))
@@ -802,9 +811,12 @@ def run(paths: Sequence[str]) -> DiffReport:
         raise UsageError("diff needs at least two fingerprints (sockprobe all --json > A.json)")
     docs = [load(p) for p in files]
     try:
-        return _pair(files, docs) if len(files) == 2 else _fleet(files, docs)
+        rep = _pair(files, docs) if len(files) == 2 else _fleet(files, docs)
     except RecursionError:  # cannot happen below MAX_DEPTH; kept as a one-line refusal
         raise UsageError("a fingerprint nests too deeply to compare") from None
+    rep.environment = environment()
+    rep.get("differences").line = _line
+    return rep
 
 
 def lines(report: Report) -> list[str]:
@@ -813,15 +825,16 @@ def lines(report: Report) -> list[str]:
     renderer that fits them to the terminal: `setting net.core.somaxconn: 4096 -> 64`,
     `  backlog > admission > 128 > admitted: 129 -> 65`. Fleet rows start `group N:`.
     Text only, built from the table's cells; printing stays in render.py."""
-    out: list[str] = []
-    for r in report.get("differences").rows:
-        where = " > ".join(str(r[k]) for k in ("probe", "table", "row", "column") if r.get(k))
-        if r.get("kind") == "setting":
-            where = f"setting {r['row']}"
-        indent = "  " if r.get("explained_by") else ""
-        group = f"group {r['group']}: " if "group" in r else ""
-        out.append(f"{group}{indent}{where}: {_text(r.get('a'))} -> {_text(r.get('b'))}")
-    return out
+    return [_line(r) for r in report.get("differences").rows]
+
+
+def _line(r: dict[str, Any]) -> str:
+    where = " > ".join(str(r[k]) for k in ("probe", "table", "row", "column") if r.get(k))
+    if r.get("kind") == "setting":
+        where = f"setting {r['row']}"
+    indent = "  " if r.get("explained_by") else ""
+    group = f"group {r['group']}: " if "group" in r else ""
+    return f"{group}{indent}{where}: {_text(r.get('a'))} -> {_text(r.get('b'))}"
 
 
 def _text(v: Any) -> str:

@@ -379,20 +379,28 @@ class Lab:
         self.processes.clear()
 
 
-#: errnos that mean "this machine cannot make loopback connections now", not "the
-#: experiment found something": no route (lo down), no such local address, no
-#: descriptors, no free ephemeral port.
-CANNOT_CONNECT = frozenset(
-    {
-        errno.ENETUNREACH,
-        errno.EHOSTUNREACH,
-        errno.EADDRNOTAVAIL,
-        errno.ENETDOWN,
-        errno.EMFILE,
-        errno.ENFILE,
-        errno.ECONNREFUSED,
-    }
-)
+#: errnos that mean "this machine cannot run loopback experiments now", not "the probe
+#: found a behaviour": the loopback interface is down or has no route (ENETUNREACH,
+#: EADDRNOTAVAIL on connect), or the process is out of descriptors (EMFILE, ENFILE).
+_CANNOT_RUN = {
+    errno.ENETUNREACH: "the network is unreachable (is the loopback interface down?)",
+    errno.EHOSTUNREACH: "the host is unreachable (is the loopback interface down?)",
+    errno.EADDRNOTAVAIL: "no local address or port is available for a connection",
+    errno.EMFILE: "this process has no file descriptor left (RLIMIT_NOFILE)",
+    errno.ENFILE: "the system has no file descriptor left",
+    errno.ENETDOWN: "the network is down (is the loopback interface down?)",
+}
+CANNOT_CONNECT = frozenset(_CANNOT_RUN)
+
+
+def cannot_run(exc: OSError, host: Host, doing: str = "") -> Unsupported | None:
+    """The Unsupported (exit 3) that an OSError from setting up a connection on `host`
+    means, naming the cause; None when the error is something else."""
+    why = _CANNOT_RUN.get(exc.errno or 0)
+    if why is None:
+        return None
+    during = f" ({doing})" if doing else ""
+    return Unsupported(f"cannot run on {host.address}{during}: {why}: {oserror_text(exc)}")
 
 
 def pair_or_unsupported(
@@ -402,10 +410,10 @@ def pair_or_unsupported(
     configure_listener: Callable[[socket.socket], None] | None = None,
     name: str = "",
 ) -> tuple[socket.socket, socket.socket]:
-    """`lab.tcp_pair(...)`, but a connection that cannot be made here (CANNOT_CONNECT,
-    or a connect timeout: lo down drops the SYN) raises Unsupported naming the errno and
-    what the probe was doing, so that no experiment reports a result it never measured."""
-    from sockprobe.status import Unsupported, oserror_text
+    """`lab.tcp_pair(...)`, but a connection that cannot be made here (an errno of
+    CANNOT_CONNECT, or a connect timeout: lo down drops the SYN) raises Unsupported
+    naming the cause and what the probe was doing, so that no experiment reports a
+    result it never measured."""
 
     try:
         return lab.tcp_pair(configure_client, configure_listener, name=name)
@@ -415,10 +423,9 @@ def pair_or_unsupported(
             f"cannot connect on {lab.host.address} ({doing}): the connect timed out"
         ) from None
     except OSError as exc:
-        if exc.errno in CANNOT_CONNECT:
-            raise Unsupported(
-                f"cannot connect on {lab.host.address} ({doing}): {oserror_text(exc)}"
-            ) from None
+        unsupported = cannot_run(exc, lab.host, doing)
+        if unsupported is not None:
+            raise unsupported from None
         raise
 
 

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,6 +93,17 @@ def format_cell(value: Cell) -> str:
             return f"{value:.2f}".rstrip("0").rstrip(".")
         return f"{value:.3g}"
     return str(value)
+
+
+#: Integer columns that name things rather than count them print without thousands
+#: separators: a pid of 65534 is "65534", a port "8080".
+_IDENT = re.compile(r"(^|_)(pid|ppid|uid|gid|port|lport|rport|inode|ino|fd|ifindex|netns)s?$")
+
+
+def _cell(value: Cell, key: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and _IDENT.search(key):
+        return str(value)
+    return format_cell(value)
 
 
 def _numeric(value: Cell) -> bool:
@@ -192,7 +204,7 @@ def _markdown_table(table: Table) -> list[str]:
     )
     for r in table.rows:
         lines.append(
-            "| " + " | ".join(esc(format_cell(r.get(c.key))) for c in table.columns) + " |"
+            "| " + " | ".join(esc(_cell(r.get(c.key), c.key)) for c in table.columns) + " |"
         )
     return lines
 
@@ -205,7 +217,7 @@ WORD_MAX = 16
 def _fit_table(table: Table, width: int | None) -> list[str]:
     """A plain table; on a terminal, wrapped to `width` or shown as records."""
     heads = [_header(c.label, c.unit) for c in table.columns]
-    cells = [[format_cell(r.get(c.key)) for c in table.columns] for r in table.rows]
+    cells = [[_cell(r.get(c.key), c.key) for c in table.columns] for r in table.rows]
     right = [
         all(_numeric(r.get(c.key)) or r.get(c.key) is None for r in table.rows)
         and any(_numeric(r.get(c.key)) for r in table.rows)
@@ -233,6 +245,8 @@ def _fit_table(table: Table, width: int | None) -> list[str]:
         gap = GAP if sum(floors) + GAP * (len(widths) - 1) <= width else 1
         budget = width - gap * (len(widths) - 1)
         if sum(floors) > budget:
+            if table.line is not None:
+                return [x for r in table.rows for x in _wrap(table.line(r), width, "    ")]
             return _records(table, heads, cells, width)
         while sum(widths) > budget:
             # A character from the widest column that can still give one.

@@ -52,6 +52,36 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def _validator():  # type: ignore[no-untyped-def]
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent.parent / "schema/sockprobe.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_fingerprint_and_every_report_in_it_match_the_json_schema(runs):
+    v = _validator()
+    doc = json.loads(runs["a"].read_text())
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in v.iter_errors(doc)]
+    assert not errors, errors[:5]
+    for rep in doc["probes"].values():
+        assert not list(v.iter_errors(rep))
+        for t in rep["tables"]:
+            keys = {c["key"] for c in t["columns"]}
+            for row in t["rows"]:
+                assert set(row) - {"na"} <= keys
+                # Rows are unique by their key columns: diff matches on them.
+            ident = [tuple(r.get(k) for k in t["keys"]) for r in t["rows"]]
+            assert len(ident) == len(set(ident)), (rep["probe"], t["id"])
+
+
+def test_diff_json_matches_the_schema(runs, capsys):
+    main(["diff", str(runs["a"]), str(runs["b"]), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert not list(_validator().iter_errors(doc))
+
+
 def test_all_json_contains_every_probe_and_parses(runs):
     doc = json.loads(runs["a"].read_text())
     assert doc["schema"] == 2 and doc["kind"] == "sockprobe-fingerprint"

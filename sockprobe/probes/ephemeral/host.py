@@ -132,7 +132,7 @@ def report_on(report: Report, u: Usage | NA, top: int) -> None:
         "host_range",
         "This host now: ip_local_port_range in use (sock_diag, this network namespace)",
         [
-            col("low", kind=CONTEXT),
+            col("low", kind=CONTEXT),  # a context key: the table is a snapshot of the host
             col("high", kind=CONTEXT),
             col("size", "ports", "", CONTEXT),
             col("reserved", "reserved", "", CONTEXT),
@@ -149,7 +149,8 @@ def report_on(report: Report, u: Usage | NA, top: int) -> None:
         "host_destinations",
         f"This host now: the {top} destinations holding most of the range",
         [
-            col("destination", "remote address"),
+            # Context keys: the rows are this moment's destinations, which diff skips.
+            col("destination", "remote address", "", CONTEXT),
             col("established", kind=CONTEXT),
             col("time_wait", kind=CONTEXT),
             col("other", "other states", "", CONTEXT),
@@ -162,7 +163,7 @@ def report_on(report: Report, u: Usage | NA, top: int) -> None:
         "host_processes",
         f"This host now: the {top} processes holding most client ports",
         [
-            col("pid"),
+            col("pid", kind=CONTEXT),
             col("process", kind=CONTEXT),
             col("sockets", "client sockets", "", CONTEXT),
             col("destinations", kind=CONTEXT),
