@@ -1098,3 +1098,17 @@ def test_through_the_cli(holder, capsys):
     assert code == 1
     table = next(t for t in doc["tables"] if t["id"] == "sockets")
     assert any(r["pid"] == h.pid and r["state"] == "LISTEN" for r in table["rows"])
+
+
+def test_json_with_free_and_holders_follows_the_schema(holder):
+    """The report plus the top-level `free`, `holders` (and `actions`) the CLI adds."""
+    import jsonschema
+
+    schema = json.loads((ROOT / "schema" / "sockprobe.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    h = holder("fork")
+    for r in (port(h.info["port"]), port(h.info["port"], kill=True, yes=True)):
+        doc = json.loads(json.dumps({**r.report.to_dict(), **r.data, "actions": r.actions}))
+        errors = [e.message for e in validator.iter_errors(doc)]
+        assert errors == [], errors
+    assert isinstance(doc["holders"][0]["pids"][0], int) and doc["free"]["plain"] in (True, False)
