@@ -17,15 +17,17 @@ import errno
 import ipaddress
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sockprobe.status import DeadlineExceeded, Unsupported, UsageError, oserror_text
+
+if TYPE_CHECKING:  # imported where used: `sockprobe port --check -q` never starts a child
+    import subprocess
 
 Address = tuple[Any, ...]
 
@@ -329,6 +331,8 @@ class Lab:
     def process(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         """A child process (stdout and stderr piped) that the Lab kills at cleanup if it
         is still running. For a peer that must not share this interpreter's GIL."""
+        import subprocess
+
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -361,6 +365,8 @@ class Lab:
         self.sockets.clear()
         self.workers = [w for w in self.workers if w.thread.is_alive()]
         for proc in self.processes:
+            import subprocess
+
             if proc.poll() is None:
                 proc.kill()
             try:
