@@ -60,12 +60,6 @@ class PortResult:
         #: What --kill did, one entry per process: {pid, action, signal, result, stop, argv}.
         self.actions: list[dict[str, Any]] = actions if actions is not None else []
 
-    @property
-    def bind_fails(self) -> bool:
-        """TRANSITIONAL (cli.py's typer command): a plain bind fails now."""
-        free = self.data.get("free")
-        return not (isinstance(free, dict) and free.get("plain"))
-
 
 def run(params: Params) -> PortResult:
     quick = params.check and params.quiet and params.wait is None and not params.kill
@@ -96,7 +90,3 @@ def _check_quietly(params: Params) -> PortResult:
     report = Report("port", summary=f"port {params.port}: {'free' if ok else 'in use'}")
     report.duration_s = time.monotonic() - t0
     return PortResult(report, 0 if ok else 1, {"free": free, "holders": []})
-
-
-#: TRANSITIONAL: cli.py and fastport.py call diagnose(); the new CLI calls run().
-diagnose = run
