@@ -986,10 +986,10 @@ def test_ns_synack_retries_resends_then_drops_the_request(ns: dict[str, Any]) ->
     stated = rules.synack_schedule(2)
     assert len(got["sends"]) == stated.retransmissions, got
     for m, s in zip(got["sends"], stated.sends):
-        assert s * 0.99 - 0.05 <= m <= s * rules.LATE_MAX + 0.1, (got, stated)
+        assert s * 0.99 - 0.05 <= m <= s * rules.LATE_MAX + 0.5, (got, stated)
     assert got["gone"] is not None
     assert (
-        stated.gives_up_s * 0.99 - 0.05 <= got["gone"] <= stated.gives_up_s * rules.LATE_MAX + 0.1
+        stated.gives_up_s * 0.99 - 0.05 <= got["gone"] <= stated.gives_up_s * rules.LATE_MAX + 0.5
     )
     assert "resent 2 times (at 1, 3 s) and the request dropped at 7 s" in got["here"]
 

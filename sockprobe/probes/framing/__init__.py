@@ -73,9 +73,8 @@ def run(params: Params) -> Report:
     offload.add_table(report, params, off)
     boundaries.add_findings(report, params, msgs, outcomes)
     offload.add_findings(report, params, off)
-    report.summary = "; ".join(
-        x for x in (boundaries.headline(params, msgs, outcomes), offload.headline(off)) if x
-    )
+    # The boundaries answer the command's question; the offload cases are findings.
+    report.summary = boundaries.headline(params, msgs, outcomes) or offload.headline(off) or ""
     _notes(report, params, outcomes)
     report.duration_s = watch()
     return report

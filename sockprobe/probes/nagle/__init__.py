@@ -150,24 +150,27 @@ def _compose(
 
 
 def _headline(p: Params, by_mode: dict[str, wwr.Wwr], coalesced: list[coalescing.Coalesce]) -> str:
+    """The answer in one line: segments per mode, then write-write-read per mode and the
+    fastest fix (every figure is in the findings and tables)."""
     parts = []
     idle = [c for c in coalesced if c.reader == "idle" and c.segments is not None]
     if idle:
         parts.append(
-            f"{p.writes} writes of {p.size} B became "
+            f"{p.writes} writes of {p.size} B: "
             + ", ".join(
-                (plural(c.segments or 0, "data segment") if i == 0 else str(c.segments))
+                (plural(c.segments or 0, "segment") if i == 0 else str(c.segments))
                 + f" {w.LABELS[c.mode]}"
                 for i, c in enumerate(idle)
             )
         )
     short = {"nagle": "Nagle", "nodelay": "TCP_NODELAY", "cork": "cork", "cork-held": "cork held"}
     modes = [f"{short[m]} {w.ms(r.median)} ms" for m, r in by_mode.items() if m in short]
-    if modes:
-        parts.append("write-write-read median: " + ", ".join(modes))
     fixes_run = [r for m, r in by_mode.items() if m not in short]
     if fixes_run:
-        parts.append("fixes: " + ", ".join(f"{r.mode} {w.ms(r.median)} ms" for r in fixes_run))
+        best = min(fixes_run, key=lambda r: r.median)
+        modes.append(f"{best.mode} {w.ms(best.median)} ms")
+    if modes:
+        parts.append("write-write-read median " + ", ".join(modes))
     return "; ".join(parts)
 
 

@@ -296,11 +296,16 @@ def findings(report: Report, outcomes: list[Outcome], s: Settings) -> str:
         )
         ok_with = [label for label, o in found if o.bind == "ok"]
         fail_with = [label for label, o in found if o.bind != "ok"]
-        if fail_with:
+        if fail_with and ok_with == ["both"]:
             headline = (
-                f"after a server-first close the rebind failed with SO_REUSEADDR on "
-                f"{', '.join(fail_with)} and worked with it on "
-                f"{', '.join(ok_with) or 'no combination'}"
+                "after a server-first close the restarted server's bind worked only with "
+                "SO_REUSEADDR on both the old listener and the new socket"
+            )
+        elif fail_with:
+            headline = (
+                f"after a server-first close the rebind worked with SO_REUSEADDR on "
+                f"{', '.join(ok_with) or 'no combination'}; it failed with it on "
+                f"{', '.join(fail_with)}"
             )
         else:
             headline = (
