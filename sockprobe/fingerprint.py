@@ -65,8 +65,7 @@ class Fingerprint:
         rep = Report("all", params={})
         t = rep.table(
             "summary",
-            "Every probe with its defaults (one probe's tables: sockprobe PROBE; all of "
-            "them: sockprobe all --full; the fingerprint: --json)",
+            "Every probe with its defaults (its tables: sockprobe PROBE; all: --full)",
             [
                 col("probe"),
                 # "ok", or the exit status the probe alone would have ended with.

@@ -126,8 +126,7 @@ def _chart(report: Report, fills: list[exhaust.Fill] | NA, u: host.Usage, top: i
 
 def _summary(report: Report, n: int, fills: list[exhaust.Fill] | NA, u: host.Usage) -> None:
     busiest = (
-        f"; here the busiest destination holds {u.dests[0].total} of {u.size} ports "
-        f"({u.share_pct(u.dests[0].total):g}%)"
+        f"; busiest destination here: {u.dests[0].total} of {u.size:,} ports"
         if u.dests
         else f"; here no client holds a port of the {u.size}"
     )
@@ -137,9 +136,9 @@ def _summary(report: Report, n: int, fills: list[exhaust.Fill] | NA, u: host.Usa
     c1 = next(f for f in fills if f.method == "connect" and f.destination == "first")
     b = [f for f in fills if f.method == "bind0"]
     report.summary = (
-        f"A range of {n} ports gave connect() {c1.connected} connections per destination "
-        f"before {c1.failure or 'no error'}, and bind(port 0) {sum(f.connected for f in b)} "
-        f"in all{busiest}."
+        f"{n} ports: connect() {c1.connected} per destination, then "
+        f"{c1.failure or 'no error'}; bind(port 0) {sum(f.connected for f in b)} in all"
+        f"{busiest}"
     )
 
 
