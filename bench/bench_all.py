@@ -7,4 +7,6 @@ from common import SOCKPROBE, Result, interleaved_medians
 
 def bench() -> list[Result]:
     t = interleaved_medians({"all": [SOCKPROBE, "all", "--json"]}, runs=2)["all"]
-    return [Result("sockprobe all", t, "s", "< 10 s on 2 cores", t < 10.0)]
+    # Issue 16: under 6 s on 2 cores with dead-peer and ephemeral added (dead-peer's
+    # waits overlap the other probes: it runs in a child).
+    return [Result("sockprobe all", t, "s", "< 6 s on 2 cores", t < 6.0)]

@@ -137,7 +137,12 @@ def run_all(
         for spec in specs:
             if spec.background and len(specs) > 1:
                 children[spec.name] = (_start_child(spec.name, host, deadline), time.monotonic())
-        for i, spec in enumerate(specs, 1):
+        # The probes that run here go first; the children's reports are collected after
+        # them (their waits overlapped), and the outcomes keep the registry's order.
+        order = [s for s in specs if s.name not in children] + [
+            s for s in specs if s.name in children
+        ]
+        for i, spec in enumerate(order, 1):
             if progress is not None:
                 progress(i, len(specs), spec.name)
             if spec.name in children:
@@ -146,12 +151,12 @@ def run_all(
             else:
                 outcome = _run_here(spec.name, host, deadline)
             done[spec.name] = outcome
-            fp.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
     finally:
         for proc, _ in children.values():
             _reap(proc)
+    fp.outcomes = [done[s.name] for s in specs if s.name in done]
     fp.duration_s = time.monotonic() - t0
     return fp
 

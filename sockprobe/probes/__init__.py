@@ -64,6 +64,7 @@ PROBES: tuple[ProbeSpec, ...] = (
         "close",
         "sockprobe.probes.close",
         "What does the peer see after close, close with unread data, abort, half-close?",
+        background=True,
     ),
     ProbeSpec(
         "framing",
