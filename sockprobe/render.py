@@ -291,7 +291,7 @@ def _records(table: Table, heads: list[str], cells: list[list[str]], width: int)
         pairs = [
             f"{c.label}: {v}" + (f" {c.unit}" if c.unit and v not in ("-", "n/a") else "")
             for c, v in zip(table.columns, row)
-            if c.key not in keys
+            if c.key not in keys and v != ""
         ]
         out += _wrap("; ".join(pairs), width, indent="    ", first="    ")
     return out
