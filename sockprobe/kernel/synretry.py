@@ -1,0 +1,112 @@
+"""When connect() retransmits its SYN and when it gives up: the kernel's rule as functions.
+
+net.ipv4.tcp_syn_retries (or TCP_SYNCNT per socket) is a time budget, not a count. The
+retransmission timer of a socket in SYN_SENT (net/ipv4/tcp_timer.c) does two things each
+time it fires:
+
+- `tcp_write_timeout()` asks `retransmits_timed_out()` whether the time since the first
+  SYN has reached the budget `tcp_model_timeout()` computes for `retries`: the time
+  `retries` doubling timeouts would take from the initial RTO, `(2^(retries+1) - 1) x
+  rto` while that stays under TCP_RTO_MAX (120 s), plus TCP_RTO_MAX per retry after that.
+  If so, the connect fails with ETIMEDOUT and nothing is sent;
+- otherwise it retransmits the SYN and, once more than `tcp_syn_linear_timeouts` (Linux
+  6.5+; 4 by default) timeouts have fired, doubles the timer (`tcp_retransmit_timer()`:
+  the `total_rto > sysctl_tcp_syn_linear_timeouts` test); before that it keeps it at the
+  initial RTO.
+
+So linear timeouts add retransmissions, not time, and the give-up instant is the first
+timer expiry at or after the budget, which need not be the budget itself:
+defaults 6/4 -> SYNs at 1, 2, 3, 4, 5, 7, 11, 19, 35, 67 s and ETIMEDOUT at 131 s;
+2/4 -> five retransmissions, ETIMEDOUT at 7 s; 1/0 -> one retransmission, ETIMEDOUT at 3 s;
+2/1 -> SYNs at 1, 2, 4 s and ETIMEDOUT at 8 s (past the 7 s budget).
+
+The initial RTO of a SYN is TCP_TIMEOUT_INIT, 1 s (RFC 6298), unless a route sets one
+(`ip route ... rto_min` does not change it; a BPF sock_ops program can).
+"""
+
+from __future__ import annotations
+
+#: TCP_TIMEOUT_INIT: the SYN's initial retransmission timeout, seconds.
+INITIAL_RTO = 1.0
+#: TCP_RTO_MAX: the retransmission timer never grows past this, seconds.
+RTO_MAX = 120.0
+
+
+def syn_budget(retries: int, rto: float = INITIAL_RTO, rto_max: float = RTO_MAX) -> float:
+    """`tcp_model_timeout()`: the time `retries` doubling timeouts take from `rto`.
+
+    >>> syn_budget(6), syn_budget(2), syn_budget(1)
+    (127.0, 7.0, 3.0)
+    """
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, not {retries}")
+    # ilog2(TCP_RTO_MAX / rto): the last doubling that still stays under the cap.
+    thresh = 0
+    while rto * (2 ** (thresh + 1)) <= rto_max:
+        thresh += 1
+    if retries <= thresh:
+        return ((2 << retries) - 1) * rto
+    return ((2 << thresh) - 1) * rto + (retries - thresh) * rto_max
+
+
+def _timer(retries: int, linear: int, rto: float, rto_max: float) -> tuple[list[float], float]:
+    """(retransmission times, give-up time), each in seconds after the first SYN."""
+    budget = syn_budget(retries, rto, rto_max)
+    t, timeout, fired = 0.0, rto, 0
+    sent: list[float] = []
+    while True:
+        t += timeout
+        fired += 1
+        # Compare in milliseconds, as the kernel does (tcp_time_stamp_ts), so that
+        # float sums such as 0.2 + 0.4 do not miss an exact budget.
+        if round(t * 1000) >= round(budget * 1000):
+            return sent, t
+        sent.append(t)
+        if fired > linear:
+            timeout = min(timeout * 2, rto_max)
+
+
+def syn_schedule(
+    retries: int, linear: int, rto: float = INITIAL_RTO, rto_max: float = RTO_MAX
+) -> list[float]:
+    """Seconds after connect() at which the SYN is retransmitted.
+
+    >>> syn_schedule(6, 4)
+    [1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 11.0, 19.0, 35.0, 67.0]
+    >>> syn_schedule(2, 4), syn_schedule(1, 0)
+    ([1.0, 2.0, 3.0, 4.0, 5.0], [1.0])
+    """
+    return _timer(retries, linear, rto, rto_max)[0]
+
+
+def connect_gives_up_after(
+    retries: int, linear: int, rto: float = INITIAL_RTO, rto_max: float = RTO_MAX
+) -> float:
+    """Seconds after connect() at which an unanswered connect fails with ETIMEDOUT: the
+    first timer expiry at or after the budget.
+
+    >>> connect_gives_up_after(6, 4), connect_gives_up_after(2, 4), connect_gives_up_after(2, 1)
+    (131.0, 7.0, 8.0)
+    """
+    return _timer(retries, linear, rto, rto_max)[1]
+
+
+def describe(retries: int, linear: int | None, rto: float = INITIAL_RTO) -> str:
+    """The sentence for a settings row: what these two values make connect() do here.
+    `linear` None: the kernel has no tcp_syn_linear_timeouts (before 6.5), every timeout
+    doubles."""
+    lin = 0 if linear is None else linear
+    times = syn_schedule(retries, lin, rto)
+    give_up = connect_gives_up_after(retries, lin, rto)
+    n = len(times)
+    shown = ", ".join(f"{t:g}" for t in times) or "none"
+    return (
+        f"an unanswered connect() retransmits its SYN {n} time{'s' if n != 1 else ''} "
+        f"(at {shown} s) and fails with ETIMEDOUT after {give_up:g} s: the budget is "
+        f"{syn_budget(retries, rto):g} s ((2^({retries}+1) - 1) x the {rto:g} s initial RTO)"
+        + (
+            f", and the initial timeout and the {lin} after it stay at {rto:g} s"
+            if lin
+            else ", every timeout doubling"
+        )
+    )
