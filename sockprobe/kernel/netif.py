@@ -1,4 +1,7 @@
-"""Is the loopback interface up? (Linux: /sys/class/net/<if>/flags, IFF_UP.)
+"""Is the loopback interface up? (Linux: SIOCGIFFLAGS, netdevice(7), IFF_UP.)
+
+The ioctl answers for the caller's network namespace; /sys/class/net would not, since
+`unshare -n` keeps the host's sysfs mount.
 
 With `lo` down a fresh network namespace has no 127.0.0.1 at all (bind fails with
 EADDRNOTAVAIL), and a namespace whose `lo` was taken down keeps the address but loses
@@ -8,18 +11,25 @@ SYN never arrives, so a probe would count clients that never reached the listene
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import socket
+import struct
 
 IFF_UP = 0x1
+SIOCGIFFLAGS = 0x8913
 
 
 def interface_up(name: str) -> bool | None:
-    """True/False from the interface's flags; None where they cannot be read."""
+    """True/False from the interface's flags (struct ifreq: the name, then a short);
+    None where they cannot be read (no such interface, not Linux)."""
     try:
-        with open(f"/sys/class/net/{name}/flags") as f:
-            return bool(int(f.read().strip(), 16) & IFF_UP)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            req = struct.pack("16sh", name.encode()[:15], 0)
+            flags = struct.unpack_from("16sh", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
     except (OSError, ValueError):
         return None
+    return bool(flags & IFF_UP)
 
 
 def loopback_down_reason(address: str) -> str | None:

@@ -24,6 +24,7 @@ from sockprobe.lab import Lab, resolve_host
 from sockprobe.probes import Stopwatch
 from sockprobe.probes.backlog import admission, give_up, overflow, retries, settings
 from sockprobe.probes.backlog.admission import Plan, Row
+from sockprobe.probes.backlog.clients import require_ports
 from sockprobe.probes.backlog.params import DEFAULT_BACKLOGS, EXTRA, SYSCTLS, Params
 from sockprobe.report import Report, environment, params_dict
 from sockprobe.status import Unsupported
@@ -79,6 +80,7 @@ def run(params: Params) -> Report:
     down = loopback_down_reason(resolve_host(params.host).address)
     if down is not None:
         raise Unsupported(down)
+    require_ports()
     host, deadline = params.resolve()
     values = kernel.sysctls(SYSCTLS)
     report = Report("backlog", params=params_dict(params), environment=environment(values))

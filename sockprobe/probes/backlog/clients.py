@@ -171,6 +171,16 @@ def no_port(exc: OSError | int, call: str) -> str:
     return f"{call} found no free local port ({text.split(' (')[0]}): {where}"
 
 
+def require_ports() -> None:
+    """Unsupported when the ephemeral range has no free port: every listener (bind to
+    port 0) and every client of this probe needs one."""
+    from sockprobe.kernel.ephemeral import ephemeral_use
+
+    use = ephemeral_use()
+    if use is not None and use.exhausted:
+        raise Unsupported(f"no ephemeral port is free: {use.describe()}")
+
+
 def connect_failed(err: int, i: int, n: int) -> str:
     """The cause, for Unsupported, when connect() itself failed."""
     which = f"connect() of client {i + 1} of {n}"
