@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
-
-import pytest
 import threading
+import time
 from typing import Any
 
+import pytest
 from helpers import has_ipv6_loopback, interrupt
 
 from sockprobe import kernel
 from sockprobe.cli import main
 from sockprobe.kernel import sockstate
-from sockprobe.lab import Deadline, Lab, resolve_host
 from sockprobe.kernel.synretry import describe
+from sockprobe.lab import Deadline, Lab, resolve_host
 from sockprobe.probes import timeouts
 from sockprobe.probes.timeouts import setup
 from sockprobe.status import DeadlineExceeded, UsageError
