@@ -1,627 +1,806 @@
-"""The command line: parse options, build probe params, run, render, map errors to exits.
+"""The command line: parse options, build params, run, render, map errors to exit codes.
 
-Thin by design: probes know nothing of the CLI and never print; rendering lives in
-render.py; exit codes and the exception mapping live in status.py.
+Thin by design. Each probe declares its options on its `Params` dataclass
+(`sockprobe.options.option`), so this module builds every command's parser from the
+registry and the fields; probes know nothing of the CLI and never print; rendering lives
+in render.py; exit codes and the exception mapping live in status.py.
+
+argparse (the standard library) rather than typer or click: `sockprobe --version` and
+`sockprobe port P --check -q` are run in loops by scripts, and typer's import alone cost
+more than the work (numbers in pyproject.toml). Only the parser of the command being run
+is built, so `sockprobe --help` imports no probe.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib
+import os
+import re
+import signal
 import sys
 import traceback
-from collections.abc import Sequence
-from enum import Enum
-from typing import IO, TYPE_CHECKING, Annotated, Any
-
-import typer
+import types
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any, NoReturn
 
 from sockprobe import __version__
-from sockprobe.status import ExitStatus, classify
+from sockprobe.options import OptionSpec, spec_of
+from sockprobe.status import ExitStatus, OutputError, Terminated, UsageError, classify
 
-if TYPE_CHECKING:
-    from sockprobe.report import Report
-
-app = typer.Typer(
-    name="sockprobe",
-    help="Run small, real experiments against this kernel's socket layer and report what "
-    "happened: every number is measured in this run.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+PROG = "sockprobe"
+FORMATS = ("table", "json", "jsonl", "csv", "markdown")
 
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    markdown = "markdown"
+class _Usage(Exception):
+    """argparse's complaint, raised instead of its print-and-exit."""
 
 
-# Options every probe command shares.
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Shorthand for --format json.")]
-HostOpt = Annotated[str, typer.Option("--host", help="Local address to run on (::1 selects IPv6).")]
-DeadlineOpt = Annotated[
-    float, typer.Option("--deadline", help="Hard bound on the whole probe, in seconds.")
-]
-ExplainOpt = Annotated[
-    bool,
-    typer.Option(
-        "--explain", help="Print the mechanism notes, endpoints and settings under the tables."
-    ),
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+class _Parser(argparse.ArgumentParser):
+    def print_help(self, file: Any = None) -> None:
+        """Help is written by the dispatcher (to the injected stdout), not here."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Usage(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            raise _Usage(message.strip())
+        raise _HelpShown(status)
 
 
-def _emit(text: str, out: IO[str] | None = None) -> None:
-    (out or sys.stdout).write(text)
+class _StdoutGone(Exception):
+    """The reader of stdout went away (EPIPE on our output, not on a probe's socket)."""
 
 
-def run_probe(
-    name: str, params_kwargs: dict[str, Any], fmt: Format, json_: bool, explain: bool
-) -> Report:
-    """Build the probe's Params (validation raises UsageError), run it, render it.
+class _HelpShown(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
-    Returns the Report so that a command can derive its exit code from it
-    (`raise typer.Exit(code)`)."""
+
+# ---- the commands ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    question: str
+    #: Module whose `Params` declares the options (None: the command has its own parser).
+    params_module: str | None
+    examples: tuple[str, ...] = ()
+
+
+def _commands() -> list[Command]:
+    from sockprobe.probes import PROBES
+
+    probe = {p.name: p for p in PROBES}
+    out: list[Command] = []
+    for p in PROBES:
+        out.append(Command(p.name, p.question, p.module, p.examples))
+        if p.name == "reuseaddr":
+            out.append(
+                Command(
+                    "port",
+                    "Who holds this port (or UNIX socket path), would a bind succeed now, "
+                    "and what is the fix?",
+                    "sockprobe.port",
+                    ("sockprobe port 8080", "sockprobe port :8080 --check --reuseaddr -q"),
+                )
+            )
+    out += [
+        Command(
+            "all",
+            "Every probe, one summary: the host's socket-behaviour fingerprint.",
+            None,
+            ("sockprobe all", "sockprobe all --json > $(hostname).json"),
+        ),
+        Command(
+            "diff",
+            "What differs between hosts' fingerprints (a fleet: grouped by behaviour)?",
+            None,
+            ("sockprobe diff a.json b.json", "sockprobe diff hosts/*.json"),
+        ),
+        Command(
+            "serve",
+            "Run the server halves of experiments for a probe on another host (--peer).",
+            None,
+            ("sockprobe serve --bind 192.0.2.10", "sockprobe serve --once --token SECRET"),
+        ),
+        Command("docs", "The documents, from the installed tool.", None, ("sockprobe docs nagle",)),
+        Command(
+            "completion",
+            "Print a shell completion script (bash or zsh).",
+            None,
+            ('eval "$(sockprobe completion bash)"',),
+        ),
+    ]
+    del probe
+    return out
+
+
+def _find(name: str) -> Command | None:
+    return next((c for c in _commands() if c.name == name), None)
+
+
+def _usage_text() -> str:
+    lines = [
+        f"usage: {PROG} COMMAND [OPTIONS]   ({PROG} COMMAND --help for one command's options)",
+        "",
+        "Run small, real experiments against this kernel's socket layer and report what",
+        "happened: every number in the tables and findings is measured in this run.",
+        "",
+        "commands:",
+    ]
+    cmds = _commands()
+    width = max(len(c.name) for c in cmds)
+    lines += [f"  {c.name:<{width}}  {c.question}" for c in cmds]
+    lines += [
+        "",
+        "options: -h/--help, --version",
+        "exit codes: 0 ran, 1 found what --check/diff/all report as failure, 2 bad usage,",
+        "  3 cannot run here, 4 --deadline ran out, 130 interrupted (128+n for signal n)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- parser building from Params ---------------------------------------------------------
+def _flag(f: dataclasses.Field[Any], spec: OptionSpec | None) -> str:
+    if spec is not None and spec.flag:
+        return spec.flag
+    return "--" + f.name.replace("_", "-")
+
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """(type, optional) of a field annotation: `int | None` -> (int, True)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+def _converter(kind: Any, flag: str) -> Callable[[str], Any]:
+    def conv(text: str) -> Any:
+        try:
+            if kind is int:
+                value: Any = int(text.strip())
+            elif kind is float:
+                value = float(text.strip())
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise ValueError
+            else:
+                return text
+        except ValueError:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"{flag} wants {what}, not {shown!r}") from None
+        return value
+
+    return conv
+
+
+def _metavar(kind: Any, spec: OptionSpec | None, name: str) -> str:
+    if spec is not None and spec.metavar:
+        return spec.metavar
+    if name in ("deadline",) or name.endswith("timeout"):
+        return "SECONDS"
+    return {int: "N", float: "SECONDS"}.get(kind, name.upper())
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) if value else "none"
+    return str(value)
+
+
+class _Append(argparse.Action):
+    """A repeatable option that also takes comma lists; the first use replaces the
+    default. Each item is converted and checked here (argparse would see '0,8' whole)."""
+
+    convert: Callable[[str], Any] = str
+    allowed: tuple[Any, ...] | None = None
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        seen = getattr(namespace, "_seen_" + self.dest, False)
+        current = list(getattr(namespace, self.dest)) if seen else []
+        for part in str(values).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                item = self.convert(part)
+            except argparse.ArgumentTypeError as exc:
+                raise _Usage(str(exc)) from None
+            if self.allowed is not None and item not in self.allowed:
+                raise _Usage(
+                    f"{option_string} {part!r}: choose from {', '.join(map(str, self.allowed))}"
+                )
+            current.append(item)
+        setattr(namespace, self.dest, tuple(current))
+        setattr(namespace, "_seen_" + self.dest, True)
+
+
+def _append(convert: Callable[[str], Any], allowed: tuple[Any, ...] | None) -> type[_Append]:
+    return type("_AppendItems", (_Append,), {"convert": staticmethod(convert), "allowed": allowed})
+
+
+def add_params(parser: argparse.ArgumentParser, params_cls: type) -> list[str]:
+    """Add one option per field of `params_cls`; return the field names added."""
+    hints = typing.get_type_hints(params_cls)
+    names: list[str] = []
+    for f in dataclasses.fields(params_cls):
+        spec = spec_of(f)
+        if spec is not None and not spec.cli:
+            continue
+        hint, optional = _base_type(hints.get(f.name, str))
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = spec.help if spec is not None else f.name.replace("_", " ")
+        flag = _flag(f, spec)
+        flags = [flag] + ([spec.short] if spec is not None and spec.short else [])
+        if spec is not None and spec.positional:
+            parser.add_argument(
+                f.name,
+                metavar=_metavar(hint, spec, f.name),
+                nargs="+" if typing.get_origin(hint) is tuple else None,
+                help=help_text,
+            )
+            names.append(f.name)
+            continue
+        if hint is bool:
+            if spec is not None and spec.negatable:
+                parser.add_argument(
+                    *flags,
+                    dest=f.name,
+                    action=argparse.BooleanOptionalAction,
+                    default=default,
+                    help=f"{help_text} (default: {'on' if default else 'off'})",
+                )
+            else:
+                parser.add_argument(*flags, dest=f.name, action="store_true", help=help_text)
+            names.append(f.name)
+            continue
+        if typing.get_origin(hint) is tuple:
+            args = typing.get_args(hint)
+            item = spec.item if spec is not None and spec.item else (args[0] if args else str)
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                action=_append(_converter(item, flag), spec.choices if spec is not None else None),
+                default=default,
+                metavar=_metavar(item, spec, f.name.rstrip("s")),
+                help=f"{help_text} Repeatable, or a comma list (default: "
+                f"{_default_text(default)}).",
+            )
+            names.append(f.name)
+            continue
+        if hint not in (int, float, str):
+            continue  # callables and other non-CLI values
+        kwargs: dict[str, Any] = {}
+        if spec is not None and spec.const is not None:
+            kwargs.update(nargs="?", const=spec.const)
+        parser.add_argument(
+            *flags,
+            dest=f.name,
+            type=_converter(hint, flag),
+            default=default,
+            choices=spec.choices if spec is not None else None,
+            metavar=_metavar(hint, spec, f.name),
+            help=f"{help_text} (default: {_default_text(default)}"
+            + (f"; {spec.const} when given alone" if spec is not None and spec.const else "")
+            + ")",
+            **kwargs,
+        )
+        del optional
+        names.append(f.name)
+    return names
+
+
+def _output_options(parser: argparse.ArgumentParser, *, tables: bool = True) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "-f", "--format", choices=FORMATS, default="table", help="Output format (default: table)."
+    )
+    out.add_argument("--json", action="store_true", help="Shorthand for --format json.")
+    out.add_argument(
+        "--explain",
+        action="store_true",
+        help="Also print the mechanism notes, endpoints and settings read.",
+    )
+    out.add_argument(
+        "--width",
+        type=_converter(int, "--width"),
+        metavar="COLUMNS",
+        help="Fit tables to this many columns (default: the terminal's; unlimited in a pipe).",
+    )
+    out.add_argument(
+        "--no-chart", action="store_true", help="Leave out the charts in the table format."
+    )
+    if tables:
+        out.add_argument(
+            "--table",
+            metavar="ID",
+            help="CSV: which table (default: the first; 'all' for a long form).",
+        )
+    out.add_argument("--debug", action="store_true", help="Show tracebacks on errors.")
+
+
+def _params_class(module_name: str) -> type:
+    try:
+        mod = importlib.import_module(module_name + ".params")
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name + ".params":
+            raise
+        mod = importlib.import_module(module_name)
+    cls = mod.Params
+    assert isinstance(cls, type)
+    return cls
+
+
+def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, list[str]]:
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in cmd.examples) if cmd.examples else None
+    parser = _Parser(
+        prog=f"{PROG} {cmd.name}",
+        description=cmd.question,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    params_cls: type | None = None
+    names: list[str] = []
+    if cmd.params_module is not None:
+        params_cls = _params_class(cmd.params_module)
+        names = add_params(parser, params_cls)
+        from sockprobe.peer.runner import peer_probes
+
+        if cmd.name in peer_probes():
+            two = parser.add_argument_group("two hosts")
+            two.add_argument(
+                "--peer",
+                metavar="HOST:PORT",
+                help="Run the experiments across the path to a `sockprobe serve` agent there.",
+            )
+            two.add_argument(
+                "--token",
+                metavar="TOKEN",
+                help="The agent's token (default: $SOCKPROBE_TOKEN).",
+            )
+    elif cmd.name == "all":
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            metavar="ADDRESS",
+            help="Local address to run on; ::1 selects IPv6 (default: 127.0.0.1).",
+        )
+        parser.add_argument(
+            "--deadline",
+            type=_converter(float, "--deadline"),
+            default=30.0,
+            metavar="SECONDS",
+            help="Hard bound on each probe (default: 30).",
+        )
+        parser.add_argument("--summary", action="store_true", help="Print the summary table alone.")
+        parser.add_argument(
+            "--full", action="store_true", help="Print every probe's tables, not only findings."
+        )
+        parser.add_argument(
+            "--only",
+            action=_append(str, None),
+            default=None,
+            metavar="PROBE",
+            help="Run only these probes. Repeatable, or a comma list.",
+        )
+    elif cmd.name == "diff":
+        parser.add_argument("paths", nargs="+", metavar="FILE", help="Fingerprints or reports.")
+    elif cmd.name == "serve":
+        from sockprobe.peer.protocol import DEFAULT_PORT
+
+        parser.add_argument(
+            "--bind",
+            default="127.0.0.1",
+            metavar="ADDRESS",
+            help="Local address to listen on (default: 127.0.0.1; a wildcard needs "
+            "--allow-wildcard).",
+        )
+        parser.add_argument(
+            "--port",
+            type=_converter(int, "--port"),
+            default=DEFAULT_PORT,
+            metavar="PORT",
+            help=f"Control port (default: {DEFAULT_PORT}; 0 takes any free port, named in "
+            "the first line printed).",
+        )
+        parser.add_argument(
+            "--token", metavar="TOKEN", help="The controllers' token (default: a random one)."
+        )
+        parser.add_argument("--once", action="store_true", help="Exit after one controller.")
+        parser.add_argument(
+            "--idle-timeout",
+            type=_converter(float, "--idle-timeout"),
+            default=600.0,
+            metavar="SECONDS",
+            help="Exit after this long without a controller (default: 600).",
+        )
+        parser.add_argument(
+            "--allow-wildcard",
+            action="store_true",
+            help="Allow --bind 0.0.0.0 or :: (every interface).",
+        )
+        parser.add_argument("--debug", action="store_true", help="Show tracebacks on errors.")
+    elif cmd.name == "docs":
+        parser.add_argument("topic", nargs="?", help="A document (default: list them).")
+    elif cmd.name == "completion":
+        parser.add_argument("shell", choices=("bash", "zsh"), help="The shell.")
+    if cmd.name not in ("docs", "completion", "serve"):
+        _output_options(parser)
+    return parser, params_cls, names
+
+
+# ---- output --------------------------------------------------------------------------------
+class Output:
+    """stdout and stderr, with the terminal facts rendering needs. Injected for tests."""
+
+    def __init__(self, stdout: IO[str] | None, stderr: IO[str] | None) -> None:
+        self.out = stdout
+        self.err = stderr or sys.__stderr__
+
+    @property
+    def is_tty(self) -> bool:
+        try:
+            return bool(self.out is not None and self.out.isatty())
+        except (ValueError, OSError):
+            return False
+
+    def width(self, forced: int | None) -> int | None:
+        if forced is not None:
+            return forced
+        if not self.is_tty:
+            return None
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns  # type: ignore[union-attr]
+        except (OSError, ValueError, AttributeError):
+            cols = os.environ.get("COLUMNS", "")
+            return int(cols) if cols.isdigit() else 80
+
+    @property
+    def unicode(self) -> bool:
+        enc = (getattr(self.out, "encoding", None) or "").lower().replace("-", "")
+        return enc in ("utf8", "utf8sig")
+
+    def write(self, text: str) -> None:
+        if self.out is None:
+            raise OutputError("cannot write the output: standard output is closed")
+        if not self.unicode:
+            from sockprobe.render import to_ascii
+
+            enc = getattr(self.out, "encoding", None) or "ascii"
+            text = to_ascii(text).encode(enc, errors="replace").decode(enc)
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            raise _StdoutGone() from None
+        except OSError as exc:
+            from sockprobe.status import oserror_text
+
+            raise OutputError(f"cannot write the output: {oserror_text(exc)}") from None
+
+    def progress_ok(self) -> bool:
+        try:
+            tty = bool(self.err is not None and self.err.isatty())
+        except (ValueError, OSError):
+            tty = False
+        return tty and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
+
+
+def _render(report: Any, ns: argparse.Namespace, io: Output, **kw: Any) -> str:
+    from sockprobe.render import RenderOptions, render_many
+
+    reports = report if isinstance(report, list) else [report]
+    opts = RenderOptions(
+        fmt="json" if ns.json else ns.format,
+        explain=ns.explain,
+        width=io.width(ns.width),
+        charts=not ns.no_chart,
+        unicode=io.unicode,
+        table=getattr(ns, "table", None),
+        **kw,
+    )
+    return render_many(reports, opts)
+
+
+# ---- running -------------------------------------------------------------------------------
+def _run_probe(
+    cmd: Command, ns: argparse.Namespace, params_cls: type, names: list[str], io: Output
+) -> int:
     from sockprobe.probes import load
-    from sockprobe.render import render
 
-    module = load(name)
-    params = module.Params(**params_kwargs)
-    report: Report = module.run(params)
-    _emit(render(report, "json" if json_ else fmt.value, explain=explain))
-    return report
+    if getattr(ns, "token", None) and not getattr(ns, "peer", None):
+        raise UsageError("--token goes with --peer")
+    kwargs = {n: getattr(ns, n) for n in names}
+    if "progress" in {f.name for f in dataclasses.fields(params_cls)} and io.progress_ok():
+        kwargs["progress"] = _progress_line(io)
+    params = params_cls(**kwargs)
+    if getattr(ns, "peer", None):
+        from sockprobe.peer import runner
 
-
-@app.callback(invoke_without_command=True)
-def main_callback(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
-        _emit(f"sockprobe {__version__}\n")
-        raise typer.Exit(0)
-
-
-@app.command()
-def nagle(
-    writes: Annotated[int, typer.Option(help="Back-to-back writes per mode.")] = 100,
-    size: Annotated[int, typer.Option(help="Bytes per write (and per request piece).")] = 10,
-    rounds: Annotated[int, typer.Option(help="Write-write-read rounds per mode.")] = 20,
-    mode: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="nagle, nodelay, cork, cork-held (repeatable; default: the first three)."
-        ),
-    ] = None,
-    reader: Annotated[
-        str, typer.Option(help="Receiver during coalescing: idle, concurrent or both.")
-    ] = "both",
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """How many segments do small writes become? What does write-write-read cost?"""
-    from sockprobe.probes.nagle import MODES
-
-    run_probe(
-        "nagle",
-        dict(
-            writes=writes,
-            size=size,
-            rounds=rounds,
-            modes=tuple(mode) if mode else MODES,
-            reader=reader,
-            host=host,
-            deadline=deadline,
-        ),
-        fmt,
-        json_,
-        explain,
-    )
+        token = ns.token or os.environ.get("SOCKPROBE_TOKEN")
+        if not token:
+            raise UsageError("--peer needs the agent's token: --token T or $SOCKPROBE_TOKEN")
+        report = runner.run(cmd.name, params, ns.peer, token, float(params.deadline))
+    else:
+        report = load(cmd.name).run(params)
+    io.write(_render(report, ns, io))
+    return int(getattr(report, "exit_status", 0) or 0)
 
 
-@app.command("partial-send")
-def partial_send_cmd(
-    size: Annotated[int, typer.Option(help="Bytes offered to the sender in each mode.")] = 1048576,
-    sndbuf: Annotated[int, typer.Option(help="SO_SNDBUF to request on the sender.")] = 16384,
-    rcvbuf: Annotated[int, typer.Option(help="SO_RCVBUF to request on the receiver.")] = 16384,
-    placement: Annotated[
-        str,
-        typer.Option(help="Where SO_RCVBUF is set: listener (before listen()), accepted, or both."),
-    ] = "both",
-    mode: Annotated[
-        list[str] | None,
-        typer.Option(help="nonblocking, timeout, sendall (repeatable; default: all three)."),
-    ] = None,
-    quiet_period: Annotated[
-        float,
-        typer.Option(
-            "--quiet-period",
-            help="Non-blocking mode: stop after this many seconds with nothing accepted.",
-        ),
-    ] = 0.2,
-    op_timeout: Annotated[
-        float,
-        typer.Option("--op-timeout", help="Socket timeout for send() and sendall(), seconds."),
-    ] = 0.2,
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """How much does one send() accept when buffers fill? Is anything lost?"""
-    from sockprobe.probes.partial_send import MODES
+def _progress_line(io: Output) -> Callable[[str], None]:
+    """A progress callback: one line rewritten in place on stderr (terminal only)."""
 
-    run_probe(
-        "partial-send",
-        dict(
-            size=size,
-            sndbuf=sndbuf,
-            rcvbuf=rcvbuf,
-            placement=placement,
-            modes=tuple(mode) if mode else MODES,
-            quiet_period=quiet_period,
-            op_timeout=op_timeout,
-            host=host,
-            deadline=deadline,
-        ),
-        fmt,
-        json_,
-        explain,
-    )
+    def progress(text: str) -> None:
+        assert io.err is not None
+        io.err.write(f"\r\x1b[K{text}" if text else "\r\x1b[K")
+        io.err.flush()
+
+    return progress
 
 
-@app.command("udp-truncate")
-def udp_truncate_cmd(
-    size: Annotated[
-        list[int] | None,
-        typer.Option(
-            "--size",
-            help="Datagram size to send (repeatable; default 64 512 1024 1472 1500 8192 65507).",
-        ),
-    ] = None,
-    bufsize: Annotated[int, typer.Option(help="Receive buffer passed to recvmsg().")] = 1024,
-    burst: Annotated[int, typer.Option(help="Overflow: datagrams sent back to back.")] = 200,
-    burst_size: Annotated[
-        int, typer.Option("--burst-size", help="Overflow: bytes per datagram.")
-    ] = 512,
-    burst_rcvbuf: Annotated[
-        int, typer.Option("--burst-rcvbuf", help="Overflow: SO_RCVBUF of the idle receiver.")
-    ] = 4096,
-    op_timeout: Annotated[
-        float,
-        typer.Option("--op-timeout", help="How long recv() waits for an ICMP error, in seconds."),
-    ] = 0.2,
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """What happens to a datagram larger than the buffer, the largest one, a full queue?"""
-    from sockprobe.probes.udp_truncate import DEFAULT_SIZES
-
-    run_probe(
-        "udp-truncate",
-        dict(
-            sizes=tuple(size) if size else DEFAULT_SIZES,
-            bufsize=bufsize,
-            burst=burst,
-            burst_size=burst_size,
-            burst_rcvbuf=burst_rcvbuf,
-            op_timeout=op_timeout,
-            host=host,
-            deadline=deadline,
-        ),
-        fmt,
-        json_,
-        explain,
-    )
-
-
-@app.command("reuseaddr")
-def reuseaddr_cmd(
-    wait: Annotated[
-        bool,
-        typer.Option(
-            "--wait",
-            help="Then wait a TIME_WAIT out (about 60 s, progress on stderr) and bind plainly.",
-        ),
-    ] = False,
-    wildcard_listen: Annotated[
-        bool,
-        typer.Option(
-            "--wildcard-listen",
-            help="Let the [::] socket of the IPV6_V6ONLY rows listen (reachable from other "
-            "hosts for milliseconds); by default it is only bound.",
-        ),
-    ] = False,
-    clients: Annotated[
-        int, typer.Option(help="SO_REUSEPORT restart: clients queued on each listener.")
-    ] = 4,
-    host: HostOpt = "127.0.0.1",
-    deadline: Annotated[
-        float | None,
-        typer.Option(
-            "--deadline", help="Hard bound on the whole probe, in seconds (30; 120 with --wait)."
-        ),
-    ] = None,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """When does a restarted server get EADDRINUSE, and which socket options fix it?"""
-    progress = None
-    if wait:
-        tty = sys.stderr.isatty()
-        last = [-1e9]
-
-        def progress(left: float, waited: float, done: bool) -> None:
-            # On a terminal one line rewritten in place; elsewhere a line every 10 s.
-            text = "gone" if done else f"{left:.1f} s left on the kernel's timer"
-            if tty:
-                end = "\n" if done else ""
-                sys.stderr.write(f"\r\x1b[KTIME_WAIT: {text}, waited {waited:.1f} s{end}")
-            elif done or waited - last[0] >= 10:
-                last[0] = waited
-                sys.stderr.write(f"TIME_WAIT: {text}, waited {waited:.0f} s\n")
-            sys.stderr.flush()
-
-    run_probe(
-        "reuseaddr",
-        dict(
-            wait=wait,
-            wildcard_listen=wildcard_listen,
-            clients=clients,
-            progress=progress,
-            host=host,
-            deadline=deadline if deadline is not None else (120.0 if wait else 30.0),
-        ),
-        fmt,
-        json_,
-        explain,
-    )
-
-
-@app.command()
-def port(
-    target: Annotated[
-        str,
-        typer.Argument(
-            metavar="PORT|PATH",
-            help="A port (1..65535), a UNIX socket path (with a '/'), or @name (abstract).",
-        ),
-    ],
-    tcp: Annotated[bool, typer.Option("--tcp", help="TCP only.")] = False,
-    udp: Annotated[bool, typer.Option("--udp", help="UDP only.")] = False,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check",
-            help="Exit 1 if a plain bind (no SO_REUSEADDR) on the wildcard address fails "
-            "now, 0 if it succeeds.",
-        ),
-    ] = False,
-    limit: Annotated[
-        int, typer.Option(help="Most connection rows to show (0: all); listeners always.")
-    ] = 100,
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Who holds this port (or UNIX socket path), would a bind succeed now, and the fix?"""
-    from sockprobe.port import Params, diagnose
-    from sockprobe.render import render
-
-    params = Params(target=target, tcp=tcp, udp=udp, limit=limit, host=host, deadline=deadline)
-    result = diagnose(params)
-    _emit(render(result.report, "json" if json_ else fmt.value, explain=explain))
-    if check and result.bind_fails:
-        raise typer.Exit(int(ExitStatus.FAILURE))
-
-
-@app.command("backlog")
-def backlog_cmd(
-    backlog: Annotated[
-        list[int] | None,
-        typer.Option(
-            "--backlog", help="listen() backlog to try (repeatable; default 0, 1, 8, 128)."
-        ),
-    ] = None,
-    connects: Annotated[
-        int | None,
-        typer.Option(help="Connects per backlog (default: the effective backlog + 8)."),
-    ] = None,
-    retry_wait: Annotated[
-        float,
-        typer.Option(
-            "--retry-wait",
-            help="After accepting, keep accepting this many seconds and watch the waiting "
-            "clients retransmit their SYNs (0: off).",
-        ),
-    ] = 0.0,
-    settle: Annotated[
-        float,
-        typer.Option(help="Most seconds to wait for the handshakes before counting (< 1)."),
-    ] = 0.5,
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """How many connections does listen(n) really admit, and where do the others wait?"""
-    from sockprobe.probes.backlog import DEFAULT_BACKLOGS
-
-    run_probe(
-        "backlog",
-        dict(
-            backlogs=tuple(backlog) if backlog else DEFAULT_BACKLOGS,
-            connects=connects,
-            retry_wait=retry_wait,
-            settle=settle,
-            host=host,
-            deadline=deadline,
-        ),
-        fmt,
-        json_,
-        explain,
-    )
-
-
-@app.command("timeouts")
-def timeouts_cmd(
-    op_timeout: Annotated[
-        float,
-        typer.Option("--op-timeout", help="T for settimeout(T) and SO_RCVTIMEO/SO_SNDTIMEO (s)."),
-    ] = 0.2,
-    wake_after: Annotated[
-        float,
-        typer.Option(
-            "--wake-after", help="Wake a blocked call with shutdown() after this long (s)."
-        ),
-    ] = 0.3,
-    op: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--op",
-            help="connect-refused, connect-full-queue, accept, recv, send-full, "
-            "recv-after-fin, recv-after-rst, send-after-close, send-after-rst "
-            "(repeatable; default all).",
-        ),
-    ] = None,
-    mode: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--mode", help="blocking, timeout, nonblocking, sockopt (repeatable; default all)."
-        ),
-    ] = None,
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """What does each operation do when blocking, with a timeout, non-blocking?"""
-    from sockprobe.probes.timeouts import MODES, OPS
-
-    run_probe(
-        "timeouts",
-        dict(
-            op_timeout=op_timeout,
-            wake_after=wake_after,
-            ops=tuple(op) if op else tuple(OPS),
-            modes=tuple(mode) if mode else tuple(MODES),
-            host=host,
-            deadline=deadline,
-        ),
-        fmt,
-        json_,
-        explain,
-    )
-
-
-@app.command("close")
-def close_cmd(
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """What does the peer see after close, close with unread data, abort, half-close?"""
-    run_probe("close", dict(host=host, deadline=deadline), fmt, json_, explain)
-
-
-@app.command("framing")
-def framing_cmd(
-    size: Annotated[
-        list[int] | None,
-        typer.Option(
-            "--size",
-            help="Size of a message sent after 'hello' and 'world' (repeatable; "
-            "default 100, 1000, 3000, 6000).",
-        ),
-    ] = None,
-    read_size: Annotated[
-        int, typer.Option("--read-size", help="Buffer of the one-recv-per-message reader.")
-    ] = 4096,
-    small_read: Annotated[
-        int, typer.Option("--small-read", help="Buffer of the tiny-reads reader.")
-    ] = 2,
-    transport: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="tcp, tcp-nodelay, udp, unix-stream, unix-seqpacket (repeatable; default all)."
-        ),
-    ] = None,
-    reader: Annotated[
-        list[str] | None,
-        typer.Option(help="recv, small-recv, prefix, readline (repeatable; default all)."),
-    ] = None,
-    receiver: Annotated[
-        str,
-        typer.Option(
-            help="late: read after the sender closed (default); concurrent: while it writes."
-        ),
-    ] = "late",
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """How do message boundaries survive TCP, UDP, SEQPACKET, and a length prefix?"""
-    from sockprobe.probes.framing import DEFAULT_SIZES, READERS, TRANSPORTS
-
-    run_probe(
-        "framing",
-        dict(
-            sizes=tuple(size) if size else DEFAULT_SIZES,
-            read_size=read_size,
-            small_read=small_read,
-            transports=tuple(transport) if transport else TRANSPORTS,
-            readers=tuple(reader) if reader else READERS,
-            receiver=receiver,
-            host=host,
-            deadline=deadline,
-        ),
-        fmt,
-        json_,
-        explain,
-    )
-
-
-@app.command("kernel")
-def kernel_cmd(
-    measure: Annotated[
-        bool,
-        typer.Option(
-            "--measure/--no-measure",
-            help="Also check new sockets and the FIN_WAIT2/TIME_WAIT timers against the "
-            "settings (leaves one TIME_WAIT socket for 60 s).",
-        ),
-    ] = True,
-    host: HostOpt = "127.0.0.1",
-    deadline: DeadlineOpt = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Which kernel settings shape these behaviours here, and what does each change?"""
-    run_probe("kernel", dict(measure=measure, host=host, deadline=deadline), fmt, json_, explain)
-
-
-@app.command("all")
-def all_(
-    summary: Annotated[
-        bool, typer.Option("--summary", help="Print the summary table alone.")
-    ] = False,
-    host: HostOpt = "127.0.0.1",
-    deadline: Annotated[
-        float, typer.Option("--deadline", help="Hard bound on each probe, in seconds.")
-    ] = 30.0,
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Every probe, one summary: the host's socket-behaviour fingerprint (--json)."""
+def _run_all(ns: argparse.Namespace, io: Output) -> int:
     from sockprobe.fingerprint import run_all
-    from sockprobe.probes import ProbeParams
-    from sockprobe.render import render_many
+    from sockprobe.probes import PROBES, ProbeParams
 
-    ProbeParams(host=host, deadline=deadline).resolve()  # bad input: exit 2 before running
-    progress = None
-    if sys.stderr.isatty():
+    ProbeParams(host=ns.host, deadline=ns.deadline).check_host()  # bad input: exit 2 first
+    only = list(ns.only) if ns.only else None
+    if only:
+        unknown = sorted(set(only) - {p.name for p in PROBES})
+        if unknown:
+            raise UsageError(
+                f"--only {','.join(unknown)}: choose from {', '.join(p.name for p in PROBES)}"
+            )
+    fmt = "json" if ns.json else ns.format
+    show = _progress_line(io) if io.progress_ok() else None
 
-        def progress(i: int, n: int, name: str) -> None:
-            sys.stderr.write(f"\r\x1b[K[{i}/{n}] {name}...")
-            sys.stderr.flush()
+    def progress(i: int, n: int, name: str) -> None:
+        if show is not None:
+            show(f"[{i}/{n}] {name}...")
+
+    def each(outcome: Any) -> None:
+        if fmt == "jsonl":
+            import json
+
+            io.write(json.dumps(outcome.to_dict()) + "\n")
 
     try:
-        fp = run_all(host=host, deadline=deadline, progress=progress)
+        fp = run_all(
+            host=ns.host, deadline=ns.deadline, only=only, progress=progress, on_outcome=each
+        )
     finally:
-        if progress is not None:
-            sys.stderr.write("\r\x1b[K")
-    out_fmt = "json" if json_ else fmt.value
-    head = fp.summary_report()
-    reports = [head] if summary else [head, *fp.reports]
-    _emit(render_many(reports, out_fmt, explain=explain, document=fp.to_dict()))
-    if fp.failed:
-        raise typer.Exit(int(ExitStatus.FAILURE))
+        if show is not None:
+            show("")
+    if fmt == "jsonl":
+        return int(ExitStatus.FAILURE) if fp.failed else 0
+    if fmt == "json":
+        import json
+
+        io.write(json.dumps(fp.to_dict(), indent=2) + "\n")
+    else:
+        head = fp.summary_report()
+        # The one-screen answer by default: the summary, whose answer column is each
+        # probe's headline; --full adds every probe's findings and tables.
+        reports = [head, *fp.reports] if ns.full else [head]
+        io.write(_render(reports, ns, io))
+    return int(ExitStatus.FAILURE) if fp.failed else 0
 
 
-@app.command()
-def diff(
-    a: Annotated[str, typer.Argument(help="First fingerprint (sockprobe all --json > A.json).")],
-    b: Annotated[str, typer.Argument(help="Second fingerprint.")],
-    fmt: FormatOpt = Format.table,
-    json_: JsonOpt = False,
-    explain: ExplainOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """What differs between two hosts' fingerprints? Exit 0 equal, 1 different."""
-    from sockprobe.diff import run
-    from sockprobe.render import render
+def _run_diff(ns: argparse.Namespace, io: Output) -> int:
+    from sockprobe import diff
 
-    report = run(a, b)
-    _emit(render(report, "json" if json_ else fmt.value, explain=explain))
-    if report.tables[0].rows:
-        raise typer.Exit(int(ExitStatus.FAILURE))
+    report = diff.run(list(ns.paths))
+    io.write(_render(report, ns, io))
+    return int(getattr(report, "exit_status", 0) or 0)
 
 
-# ---- probe commands above this line (one function per command, in DESIGN.md order) ----
+def _run_serve(ns: argparse.Namespace, io: Output) -> int:
+    from sockprobe.peer.agent import ServeParams, serve
+
+    if not (0 <= ns.port <= 65535):
+        raise UsageError(f"--port must be 1..65535 (0: any free port), not {ns.port}")
+    if not (0 < ns.idle_timeout <= 86_400):
+        raise UsageError("--idle-timeout must be 0 to 86400 seconds")
+    if ns.token is not None and not (8 <= len(ns.token) <= 256 and ns.token.isprintable()):
+        raise UsageError("--token must be 8 to 256 printable characters")
+    p = ServeParams(
+        bind=ns.bind,
+        port=ns.port,
+        token=ns.token,
+        once=ns.once,
+        idle_timeout=ns.idle_timeout,
+        allow_wildcard=ns.allow_wildcard,
+    )
+
+    def log(line: str) -> None:
+        if io.err is not None:
+            io.err.write(f"sockprobe serve: {line}\n")
+            io.err.flush()
+
+    return serve(p, log, io.write)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run the app and turn every outcome into an exit status.
+def _run_docs(ns: argparse.Namespace, io: Output) -> int:
+    from sockprobe import docs
 
-    Click's own usage errors, our UsageError/Unsupported, Ctrl-C and unexpected errors
-    all end as one line on stderr (a traceback only with --debug).
+    if ns.topic is None:
+        io.write("documents (sockprobe docs TOPIC):\n" + "".join(f"  {t}\n" for t in docs.topics()))
+    else:
+        io.write(docs.read(ns.topic))
+    return 0
+
+
+def _run_port(ns: argparse.Namespace, params_cls: type, names: list[str], io: Output) -> int:
+    from sockprobe import port
+
+    params = params_cls(**{n: getattr(ns, n) for n in names})
+    result = port.diagnose(params)  # TRANSITIONAL: until port/ is a package
+    io.write(_render(result.report, ns, io))
+    return 1 if getattr(ns, "check", False) and result.bind_fails else 0
+
+
+def completion_script(shell: str) -> str:
+    """A bash completion function over the commands and each command's flags (zsh loads
+    it through bashcompinit)."""
+    cmds = _commands()
+    cases = []
+    for c in cmds:
+        if c.name == "completion":
+            continue
+        parser, _, _ = build_parser(c)
+        flags = sorted({s for a in parser._actions for s in a.option_strings})
+        words = " ".join(flags)
+        if c.name == "docs":
+            from sockprobe import docs
+
+            words += " " + " ".join(docs.topics())
+        cases.append(f'    {c.name}) words="{words}" ;;')
+    names = " ".join(c.name for c in cmds)
+    body = "\n".join(cases)
+    script = f"""# sockprobe completion for {shell} (generated by `sockprobe completion {shell}`)
+_sockprobe() {{
+  local cur=${{COMP_WORDS[COMP_CWORD]}} words
+  if [ "$COMP_CWORD" -eq 1 ]; then
+    COMPREPLY=($(compgen -W "{names} --help --version" -- "$cur")); return
+  fi
+  case "${{COMP_WORDS[1]}}" in
+{body}
+    *) words="" ;;
+  esac
+  COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}}
+"""
+    if shell == "zsh":
+        script += "autoload -U +X bashcompinit && bashcompinit\n"
+    return script + "complete -o default -F _sockprobe sockprobe\n"
+
+
+@contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated in the main thread, so a probe cleans up on
+    them exactly as on Ctrl-C (every Lab closes its sockets and reaps its children)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    old: dict[signal.Signals, Any] = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, handler)
+    except (ValueError, AttributeError, OSError):  # not the main thread, or no SIGHUP
+        pass
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _dispatch(argv: list[str], io: Output) -> int:
+    if not argv:
+        io.write(_usage_text())
+        return 0
+    first = argv[0]
+    if first in ("-h", "--help", "help"):
+        if first == "help" and len(argv) > 1:
+            return _dispatch([argv[1], "--help"], io)
+        io.write(_usage_text())
+        return 0
+    if first == "--version":
+        io.write(f"{PROG} {__version__}\n")
+        return 0
+    cmd = _find(first)
+    if cmd is None:
+        shown = first if len(first) <= 40 else first[:37] + "..."
+        raise _Usage(f"unknown command {shown!r} (see {PROG} --help)")
+    parser, params_cls, names = build_parser(cmd)
+    try:
+        ns = parser.parse_args(argv[1:])
+    except _HelpShown as shown_help:
+        io.write(parser.format_help())
+        return shown_help.status
+    if cmd.name == "completion":
+        io.write(completion_script(ns.shell))
+        return 0
+    if cmd.name == "docs":
+        return _run_docs(ns, io)
+    if cmd.name == "serve":
+        return _run_serve(ns, io)
+    if ns.format == "csv" and getattr(ns, "table", None) is None:
+        pass
+    if cmd.name == "all":
+        return _run_all(ns, io)
+    if cmd.name == "diff":
+        return _run_diff(ns, io)
+    assert params_cls is not None
+    if cmd.name == "port":
+        return _run_port(ns, params_cls, names, io)
+    return _run_probe(cmd, ns, params_cls, names, io)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """Entry point: run one command and turn every outcome into an exit status.
+
+    Usage errors, UsageError/Unsupported/DeadlineExceeded, Ctrl-C, SIGTERM/SIGHUP and
+    unexpected errors all end as one line on stderr (a traceback only with --debug).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    io = Output(sys.stdout if stdout is None else stdout, sys.stderr if stderr is None else stderr)
     debug = "--debug" in args
+
+    def say(message: str) -> None:
+        # One line, and a readable one: a 5,000-digit argument is shown by its start.
+        message = re.sub(r"\S{60,}", lambda m: m.group(0)[:40] + "...", message.replace("\n", " "))
+        if io.err is not None:
+            try:
+                io.err.write(f"{PROG}: {message}\n")
+                io.err.flush()
+            except (OSError, ValueError):
+                pass
+
+    status: int
     try:
-        command = typer.main.get_command(app)
-        rv = command.main(args=args, prog_name="sockprobe", standalone_mode=False)
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.Abort:  # Ctrl-C in typer versions that abort instead of exiting 130
-        sys.stderr.write(f"sockprobe: {classify(KeyboardInterrupt())[1]}\n")
-        return int(ExitStatus.INTERRUPTED)
-    except typer.TyperException as exc:  # click usage errors: bad option, bad value
-        sys.stderr.write(f"sockprobe: error: {exc.format_message()}\n")
-        return int(getattr(exc, "exit_code", ExitStatus.USAGE))
+        with _signals_as_interrupts():
+            status = _dispatch(args, io)
+
+    except _Usage as exc:
+        say(f"error: {str(exc).removeprefix(PROG + ': ')}")
+        return int(ExitStatus.USAGE)
+    except _StdoutGone:
+        # The reader went away (`sockprobe all | head`): nothing left to say to it. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 128 + int(signal.SIGPIPE)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
-            return int(exc.code or 0) if isinstance(exc.code, int) else 1
-        status, message = classify(exc)
+            return int(exc.code) if isinstance(exc.code, int) else 1
+        code, message = classify(exc)
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"sockprobe: {message}\n")
-        return int(status)
-    code = int(rv) if isinstance(rv, int) else 0
-    if code == ExitStatus.INTERRUPTED:
-        # typer turns Ctrl-C into exit status 130 itself; the probe's Lab has cleaned up
-        # by the time the KeyboardInterrupt reached it.
-        sys.stderr.write(f"sockprobe: {classify(KeyboardInterrupt())[1]}\n")
-    return code
+        say(message)
+        return int(code)
+    return status

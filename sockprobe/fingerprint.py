@@ -32,6 +32,18 @@ class Outcome:
     error: str = ""
     duration_s: float = 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """The probe's report, or its failure: what `all --format jsonl` streams."""
+        if self.report is not None:
+            return self.report.to_dict()
+        return {
+            "schema": SCHEMA_VERSION,
+            "probe": self.name,
+            "error": self.error,
+            "status": int(self.status),
+            "duration_s": round(self.duration_s, 3),
+        }
+
 
 @dataclass
 class Fingerprint:
@@ -51,24 +63,25 @@ class Fingerprint:
         rep = Report("all", params={})
         t = rep.table(
             "summary",
-            "Summary: every probe with its defaults",
+            "Every probe with its defaults (one probe's tables: sockprobe PROBE; all of "
+            "them: sockprobe all --full; the fingerprint: --json)",
             [
                 col("probe"),
+                # "ok", or the exit status the probe alone would have ended with.
                 col("status"),
-                col("headline", kind=VOLATILE),
-                col("duration_s", "duration", "s", VOLATILE),
+                col("duration_s", "s", kind=VOLATILE),
+                col("answer", kind=VOLATILE),
             ],
         )
         for o in self.outcomes:
             if o.report is not None:
-                t.add(o.name, "ok", o.report.summary, round(o.duration_s, 3))
+                t.add(o.name, "ok", round(o.duration_s, 2), o.report.summary)
             else:
-                t.add(
-                    o.name, f"could not run (exit {int(o.status)})", o.error, round(o.duration_s, 3)
-                )
+                t.add(o.name, f"exit {int(o.status)}", round(o.duration_s, 2), o.error)
         ran = len(self.outcomes) - len(self.failed)
         rep.summary = f"{ran} of {len(self.outcomes)} probes ran in {self.duration_s:.1f} s"
         rep.findings = [f"{o.name} could not run: {o.error}" for o in self.failed]
+
         rep.environment = environment()
         rep.duration_s = self.duration_s
         return rep
@@ -103,6 +116,7 @@ def run_all(
     deadline: float = 30.0,
     only: list[str] | None = None,
     progress: Progress | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> Fingerprint:
     """Run each registered probe (or those named in `only`) with its defaults.
 
@@ -125,5 +139,7 @@ def run_all(
         except Exception as exc:  # one probe's failure is its row; the others still run
             status, message = classify(exc)
             fp.outcomes.append(Outcome(spec.name, None, status, message, time.monotonic() - start))
+        if on_outcome is not None:
+            on_outcome(fp.outcomes[-1])
     fp.duration_s = time.monotonic() - t0
     return fp

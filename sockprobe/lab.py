@@ -13,6 +13,7 @@ alternative: Python delivers signals only to the main thread.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from sockprobe.status import DeadlineExceeded, UsageError, oserror_text
+from sockprobe.status import DeadlineExceeded, Unsupported, UsageError, oserror_text
 
 Address = tuple[Any, ...]
 
@@ -50,32 +51,82 @@ class Host:
 def resolve_host(host: str) -> Host:
     """Turn --host into a Host. A literal address is used as is; a name is resolved once.
 
-    Raises UsageError (exit 2) for a name that does not resolve.
+    Raises UsageError (exit 2) for a name that does not resolve, and for an address that
+    is not one machine's own unicast address: the wildcards (0.0.0.0, ::) would make the
+    probe's listeners reachable from every interface, and broadcast or multicast
+    addresses cannot be bound for a TCP listener at all.
     """
+    shown = host if len(host) <= 60 else host[:57] + "..."
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         try:
             infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise UsageError(f"--host {host!r}: unknown host ({exc})") from None
+        except (socket.gaierror, UnicodeError, ValueError) as exc:
+            raise UsageError(f"--host {shown!r}: unknown host ({exc})") from None
         if not infos:
-            raise UsageError(f"--host {host!r}: no address") from None
+            raise UsageError(f"--host {shown!r}: no address") from None
         family, _, _, _, sockaddr = infos[0]
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        _refuse_non_unicast(shown, ip)
         return Host(family, str(sockaddr[0]))
+    _refuse_non_unicast(shown, ip)
     return Host(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))
 
 
-def require_local(host: Host) -> None:
+def _refuse_non_unicast(shown: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    if ip.is_unspecified:
+        raise UsageError(
+            f"--host {shown}: a wildcard is not an address of this machine (a probe would "
+            "listen on every interface); give one, such as 127.0.0.1 or ::1"
+        )
+    if ip.is_multicast or (ip.version == 4 and str(ip) == "255.255.255.255"):
+        raise UsageError(f"--host {shown}: a multicast or broadcast address, not a local one")
+
+
+def require_local(host: Host, needs_ports: bool = True) -> None:
     """UsageError unless `host` is an address of this machine (a trial bind to port 0):
-    probes listen on it, and sockprobe never sends experiments anywhere else."""
+    probes listen on it, and sockprobe never sends experiments anywhere else.
+
+    EADDRINUSE from a bind to port 0 proves the address is local (a foreign one fails
+    with EADDRNOTAVAIL) but that no ephemeral port is free: the cause is the host's
+    ip_local_port_range, not the user's --host, so it is Unsupported (exit 3) with the
+    range named, and only for a probe that needs ephemeral ports.
+    """
     try:
         with socket.socket(host.family, socket.SOCK_STREAM) as s:
             s.bind(host.sockaddr(0))
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            if needs_ports:
+                raise Unsupported(ephemeral_exhausted_text(host)) from None
+            return
+        if exc.errno == errno.EMFILE or exc.errno == errno.ENFILE:
+            raise Unsupported(f"no file descriptor left: {oserror_text(exc)}") from None
         raise UsageError(
             f"--host {host.address}: not usable on this machine ({oserror_text(exc)})"
         ) from None
+
+
+def ephemeral_exhausted_text(host: Host) -> str:
+    """ "no free ephemeral port on 127.0.0.1: ip_local_port_range 40000-40009 (10 ports)
+    is in use" with the range read from the kernel."""
+    from sockprobe import kernel
+
+    rng = kernel.sysctl("net.ipv4.ip_local_port_range")
+    if rng:
+        lo, _, hi = " ".join(rng.split()).partition(" ")
+        try:
+            a, b = int(lo), int(hi.strip())
+            where = f"ip_local_port_range {a}-{b} ({b - a + 1} ports) is all in use"
+        except ValueError:
+            where = f"ip_local_port_range {rng} is all in use"
+    else:
+        where = "the ephemeral port range is all in use"
+    return (
+        f"no free ephemeral port on {host.address}: {where} (connections and TIME_WAIT); "
+        "this probe binds ephemeral ports and cannot run until some are free"
+    )
 
 
 def fmt_addr(addr: Address) -> str:

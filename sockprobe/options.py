@@ -13,6 +13,8 @@ touches one file (the probe's) and `cli.py` stays generic:
 - A tuple default makes a repeatable option that also takes comma lists
   (`--mode nagle,cork --mode nodelay`).
 - A bool default makes a switch (`--wait`); `negatable=True` adds `--no-NAME`.
+- `positional=True` makes a positional argument; `const=` lets an option's value be left
+  out (`--wait` alone means `--wait 60`).
 - `cli=False` keeps a field off the command line (a progress callback, say).
 """
 
@@ -35,6 +37,10 @@ class OptionSpec:
     choices: tuple[str, ...] | None = None
     negatable: bool = False
     cli: bool = True
+    #: A positional argument rather than a flag (port's PORT|PATH).
+    positional: bool = False
+    #: For an option whose value may be left out (`--wait [SECONDS]`): the value then.
+    const: Any = None
     #: The element type of a tuple option (int, float, str), when the default is empty.
     item: type | None = None
 
@@ -50,6 +56,8 @@ def option(
     negatable: bool = False,
     item: type | None = None,
     cli: bool = True,
+    positional: bool = False,
+    const: Any = None,
 ) -> Any:
     """A dataclass field carrying its command-line option (see the module docstring)."""
     spec = OptionSpec(
@@ -61,6 +69,8 @@ def option(
         negatable=negatable,
         cli=cli,
         item=item,
+        positional=positional,
+        const=const,
     )
     return dataclasses.field(default=default, metadata={OPTION_KEY: spec})
 

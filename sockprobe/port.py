@@ -40,7 +40,7 @@ from sockprobe.kernel import portdiag
 from sockprobe.kernel.owners import Owners, Process, find_owners, process_info, user_name
 from sockprobe.lab import Deadline, Host, Lab, fmt_addr
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
+from sockprobe.report import NA, Cell, Report, environment, legacy_table, params_dict
 from sockprobe.status import Unsupported, oserror_text
 
 SYSCTLS = (

@@ -19,7 +19,12 @@ class ExitStatus(IntEnum):
     FAILURE = 1
     USAGE = 2
     UNSUPPORTED = 3
+    #: `--deadline` ran out before the probe finished.
+    DEADLINE = 4
     INTERRUPTED = 130
+    #: SIGTERM and SIGHUP end a probe as Ctrl-C does, with 128 + the signal number.
+    TERMINATED = 143
+    HANGUP = 129
 
 
 class SockprobeError(Exception):
@@ -43,7 +48,20 @@ class Unsupported(SockprobeError):
 class DeadlineExceeded(SockprobeError):
     """The probe's --deadline ran out before it finished."""
 
-    status = ExitStatus.FAILURE
+    status = ExitStatus.DEADLINE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread by the CLI's handler. A subclass of
+    KeyboardInterrupt so that every cleanup path written for Ctrl-C runs for it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class OutputError(SockprobeError):
+    """The output channel failed (stdout closed, disk full): not a socket error."""
 
 
 def errno_name(code: int | None) -> str | None:
@@ -70,8 +88,19 @@ def oserror_text(exc: OSError) -> str:
     return f"{name} ({os.strerror(exc.errno)})"
 
 
+_CODES = {int(c) for c in ExitStatus}
+
+
 def classify(exc: BaseException) -> tuple[ExitStatus, str]:
     """Map any exception to an exit status and a one-line message for stderr."""
+    if isinstance(exc, Terminated):
+        import signal
+
+        name = signal.Signals(exc.signum).name
+        return (
+            ExitStatus(128 + exc.signum) if 128 + exc.signum in _CODES else ExitStatus.FAILURE,
+            f"{name}: stopped; every socket, thread and child process was cleaned up",
+        )
     if isinstance(exc, KeyboardInterrupt):
         return ExitStatus.INTERRUPTED, "interrupted; every socket and thread was cleaned up"
     if isinstance(exc, SockprobeError):

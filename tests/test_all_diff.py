@@ -118,7 +118,7 @@ def test_a_probe_that_cannot_finish_is_its_row_and_the_rest_run():
     assert outcome.report is None and outcome.status == ExitStatus.FAILURE
     assert "deadline" in outcome.error
     summary = fp.summary_report()
-    assert "could not run" in summary.tables[0].rows[0]["status"]
+    assert summary.tables[0].rows[0]["status"] == "exit 4"
 
 
 def test_all_with_a_host_that_is_not_local_exits_2(capsys):

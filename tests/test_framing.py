@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from helpers import labelled, has_ipv6_loopback
+from helpers import has_ipv6_loopback, labelled
 
 from sockprobe.diff import compare
 from sockprobe.probes import framing

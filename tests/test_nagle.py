@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import labelled, has_ipv6_loopback
+from helpers import has_ipv6_loopback, labelled
 
 from sockprobe import kernel
 from sockprobe.probes import nagle

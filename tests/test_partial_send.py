@@ -7,7 +7,6 @@ import time
 from array import array
 
 import pytest
-
 from helpers import labelled
 
 from sockprobe import kernel

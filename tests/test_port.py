@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import labelled
 
 from sockprobe import cli, fastport, kernel, port

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import labelled, has_ipv6_loopback
+from helpers import has_ipv6_loopback, labelled
 
 from sockprobe import kernel
 from sockprobe.cli import main

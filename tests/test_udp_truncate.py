@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-
 from helpers import labelled
 
 from sockprobe import kernel

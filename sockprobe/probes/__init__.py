@@ -11,9 +11,10 @@ import math
 import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from sockprobe.lab import Deadline, Host, require_local, resolve_host
+from sockprobe.options import option
 from sockprobe.status import UsageError
 
 
@@ -21,6 +22,8 @@ class ProbeSpec(NamedTuple):
     name: str
     module: str
     question: str
+    #: One or two command lines shown at the end of the command's --help.
+    examples: tuple[str, ...] = ()
 
 
 PROBES: tuple[ProbeSpec, ...] = (
@@ -84,33 +87,53 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(spec(name).module)
 
 
+#: --deadline bounds: below 10 ms no probe can do anything; above a day a timeout
+#: overflows what socket.settimeout() and select() accept on some platforms.
+DEADLINE_MIN = 0.01
+DEADLINE_MAX = 86_400.0
+
+
 @dataclass(frozen=True)
 class ProbeParams:
     """Options every probe shares. Subclasses add their own, all with defaults."""
 
-    host: str = "127.0.0.1"
-    deadline: float = 30.0
+    host: str = option("127.0.0.1", "Local address to run on; ::1 selects IPv6.", metavar="ADDRESS")
+    deadline: float = option(30.0, "Hard bound on the whole probe.", metavar="SECONDS")
 
     def __post_init__(self) -> None:
         if not (
             isinstance(self.deadline, (int, float))
             and math.isfinite(self.deadline)
-            and self.deadline > 0
+            and DEADLINE_MIN <= self.deadline <= DEADLINE_MAX
         ):
             raise UsageError(
-                f"--deadline must be a positive number of seconds, not {self.deadline}"
+                f"--deadline must be {DEADLINE_MIN:g} to {DEADLINE_MAX:g} seconds, "
+                f"not {self.deadline:g}"
             )
 
-    def resolve(self) -> tuple[Host, Deadline]:
-        """The lab host and the deadline, which starts counting now."""
+    #: Whether the probe binds ephemeral ports (all but `kernel --no-measure` do).
+    needs_ports: ClassVar[bool] = True
+
+    def check_host(self) -> Host:
+        """The host, validated: exit 2 for one that is not a local unicast address."""
         host = resolve_host(self.host)
-        require_local(host)
+        require_local(host, needs_ports=False)
+        return host
+
+    def resolve(self) -> tuple[Host, Deadline]:
+        """The lab host and the deadline, which starts counting now. Exit 3 when the
+        ephemeral port range is exhausted and the probe needs a port."""
+        host = resolve_host(self.host)
+        require_local(host, needs_ports=self.needs_ports)
         return host, Deadline(self.deadline)
 
 
-def plural(n: int, word: str) -> str:
-    """plural(1, "connect") -> "1 connect"; plural(3, "connect") -> "3 connects"."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """plural(1, "connect") -> "1 connect"; plural(3, "connect") -> "3 connects";
+    plural(1, "SYN was", "SYNs were") -> "1 SYN was"."""
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {many}" if many is not None else f"{n} {word}s"
 
 
 def require(condition: bool, message: str) -> None:

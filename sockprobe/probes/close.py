@@ -36,7 +36,7 @@ from sockprobe.kernel import sockstate
 from sockprobe.lab import Deadline, Lab
 from sockprobe.probes import ProbeParams, Stopwatch
 from sockprobe.probes._outcome import Attempt, attempt, result_errno, result_text
-from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
+from sockprobe.report import NA, Cell, Report, environment, legacy_table, params_dict
 
 RECV_SIZE = 1024
 REQUEST = b"request"

@@ -35,7 +35,7 @@ from sockprobe import kernel
 from sockprobe.kernel import udp as udp_kernel
 from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import legacy_table, NA, Report, environment, params_dict
+from sockprobe.report import NA, Report, environment, legacy_table, params_dict
 from sockprobe.status import SockprobeError
 
 TRANSPORTS = ("tcp", "tcp-nodelay", "udp", "unix-stream", "unix-seqpacket")

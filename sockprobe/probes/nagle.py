@@ -33,7 +33,7 @@ from typing import Any
 from sockprobe import kernel
 from sockprobe.lab import Deadline, Lab, Worker
 from sockprobe.probes import ProbeParams, Stopwatch, plural, require
-from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
+from sockprobe.report import NA, Cell, Report, environment, legacy_table, params_dict
 from sockprobe.status import Unsupported
 
 MODES = ("nagle", "nodelay", "cork")

@@ -49,7 +49,7 @@ from sockprobe import kernel
 from sockprobe.kernel import sendqueue
 from sockprobe.lab import Deadline, Lab
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
+from sockprobe.report import NA, Cell, Report, environment, legacy_table, params_dict
 from sockprobe.status import DeadlineExceeded
 
 PLACEMENTS = ("listener", "accepted")

@@ -42,7 +42,7 @@ from sockprobe import kernel
 from sockprobe.kernel import reuse, sockdiag, sockstate
 from sockprobe.lab import Deadline, Host, Lab
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
+from sockprobe.report import NA, Cell, Report, environment, legacy_table, params_dict
 from sockprobe.status import DeadlineExceeded, oserror_name
 
 #: progress(seconds_left, seconds_waited, done), called while `wait` waits TIME_WAIT out:

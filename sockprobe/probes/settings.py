@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from sockprobe import kernel
 from sockprobe.lab import Lab
 from sockprobe.probes import ProbeParams, Stopwatch
-from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
+from sockprobe.report import NA, Cell, Report, environment, legacy_table, params_dict
 
 MISSING = "not in /proc/sys here (absent on this kernel or in this network namespace)"
 NOT_LINUX = "no /proc/sys on this platform"

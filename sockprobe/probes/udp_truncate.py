@@ -35,7 +35,7 @@ from sockprobe import kernel
 from sockprobe.kernel import udp
 from sockprobe.lab import Deadline, Host, Lab, fmt_addr
 from sockprobe.probes import ProbeParams, Stopwatch, require
-from sockprobe.report import legacy_table, NA, Cell, Report, environment, params_dict
+from sockprobe.report import NA, Cell, Report, environment, legacy_table, params_dict
 from sockprobe.status import DeadlineExceeded, oserror_name, oserror_text
 
 DEFAULT_SIZES = (64, 512, 1024, 1472, 1500, 8192, 65507)

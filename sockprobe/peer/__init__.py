@@ -1,0 +1,3 @@
+"""Two-host mode: `sockprobe serve` (the agent, agent.py) and `--peer HOST:PORT` on the
+probes whose server half can run on another host (client.py, one module per experiment
+with both halves: wwr.py, ...). The control protocol is in protocol.py."""
