@@ -77,10 +77,11 @@ def _fd_text(report: Report, lim: FdLimit, plans: list[Plan]) -> None:
 
 def run(params: Params) -> Report:
     watch = Stopwatch()
-    down = loopback_down_reason(resolve_host(params.host).address)
+    checked = resolve_host(params.host)
+    down = loopback_down_reason(checked.address)
     if down is not None:
         raise Unsupported(down)
-    require_ports()
+    require_ports(checked)
     host, deadline = params.resolve()
     values = kernel.sysctls(SYSCTLS)
     report = Report("backlog", params=params_dict(params), environment=environment(values))

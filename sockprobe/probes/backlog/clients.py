@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sockprobe import kernel
 from sockprobe.kernel.backlog import CONNECT_PENDING, so_error
 from sockprobe.kernel.sockstate import abortive_linger
-from sockprobe.lab import Address, Lab
+from sockprobe.lab import Address, Host, Lab
 from sockprobe.status import Unsupported, errno_name, oserror_text
 
 TCP_ESTABLISHED = 1
@@ -171,14 +171,17 @@ def no_port(exc: OSError | int, call: str) -> str:
     return f"{call} found no free local port ({text.split(' (')[0]}): {where}"
 
 
-def require_ports() -> None:
+def require_ports(host: Host) -> None:
     """Unsupported when the ephemeral range has no free port: every listener (bind to
-    port 0) and every client of this probe needs one."""
-    from sockprobe.kernel.ephemeral import ephemeral_use
-
-    use = ephemeral_use()
-    if use is not None and use.exhausted:
-        raise Unsupported(f"no ephemeral port is free: {use.describe()}")
+    port 0) and every client of this probe needs one. A trial bind to port 0 finds out
+    (EADDRINUSE: none free); only then is the range counted for the message, since
+    reading every TCP socket of a busy namespace takes a while."""
+    try:
+        with socket.socket(host.family, socket.SOCK_STREAM) as s:
+            s.bind(host.sockaddr(0))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise Unsupported(no_port(exc, "bind(port 0)")) from None
 
 
 def connect_failed(err: int, i: int, n: int) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sockprobe.kernel import overflow as rule
 from sockprobe.kernel import synretry
-from sockprobe.kernel.ephemeral import ephemeral_use
+from sockprobe.kernel.ephemeral import port_range
 from sockprobe.probes.backlog.params import SYSCTLS
 from sockprobe.report import Cell, Report, col
 
@@ -23,8 +23,14 @@ def effect(name: str, settings: dict[str, Cell]) -> str:
     retries = _int(settings, "net.ipv4.tcp_syn_retries")
     linear = _int(settings, "net.ipv4.tcp_syn_linear_timeouts")
     if name == "net.ipv4.ip_local_port_range":
-        use = ephemeral_use()
-        return "not readable here" if use is None else use.describe()
+        rng = port_range()
+        if rng is None:
+            return "not readable here"
+        return (
+            f"every client connect() and every bind(port 0) takes a local port from these "
+            f"{rng[1] - rng[0] + 1} ports; with none free connect() fails with EADDRNOTAVAIL "
+            "(this probe then stops and says how many are in use)"
+        )
     if v is None:
         return "not present or not readable here"
     if name == "net.core.somaxconn":
