@@ -539,3 +539,51 @@ def test_namespace_syn_schedule_stated_matches_measured(netns: Any) -> None:
         assert last["stated_s"] == connect_gives_up_after(syncnt, linear)
         assert last["stated_s"] - 0.01 <= last["measured_s"] <= last["stated_s"] + 0.5
         assert any(f.endswith(", as stated.") and "TCP_SYNCNT" in f for f in doc["findings"])
+
+
+@linux_only
+def test_cookie_connection_against_the_rule_here(report: Report) -> None:
+    from sockprobe.kernel import syncookie
+
+    if kernel.sysctl_int("net.ipv4.tcp_syncookies") == 0:
+        pytest.skip("tcp_syncookies is 0 here")
+    t = report.get("cookies")
+    server = t.find(connection="cookie", end="server")
+    normal = t.find(connection="request", end="server")
+    client = t.find(connection="cookie", end="client")
+    assert server["snd_mss"] == server["stated_snd_mss"]
+    assert server["snd_mss"] in {
+        m - d for m in syncookie.MSS_TABLE_V4 for d in (0, syncookie.TIMESTAMP_OPTION)
+    }
+    # Loopback's MTU allows far more than any table value: the normal one sends more.
+    assert isinstance(normal["snd_mss"], int) and normal["snd_mss"] > 1460
+    assert client["advmss"] == normal["advmss"]
+    assert any(f.startswith("Measured: the cookie connection") for f in report.findings)
+    assert not any("NOT as the rule states" in f for f in report.findings)
+
+
+@pytest.mark.parametrize(("timestamps", "cookies"), [(1, 1), (0, 1), (0, 2)])
+def test_namespace_cookie_keeps_options_only_with_timestamps(
+    netns: Any, timestamps: int, cookies: int
+) -> None:
+    from sockprobe.kernel import syncookie
+
+    code, doc, err = _ns(
+        netns,
+        dict(backlogs=(0,), overflow=False),
+        sysctls={"net.ipv4.tcp_timestamps": timestamps, "net.ipv4.tcp_syncookies": cookies},
+    )
+    assert code == 0 and doc is not None, err
+    for end in ("client", "server"):
+        row = _row(doc, "cookies", connection="cookie", end=end)
+        assert row["timestamps"] is bool(timestamps)
+        # Window scaling and SACK ride in the timestamp: without it they are lost.
+        assert row["wscale"] is bool(timestamps) and row["sack"] is bool(timestamps), row
+        normal = _row(doc, "cookies", connection="request", end=end)
+        assert normal["wscale"] is True and normal["sack"] is True
+    server = _row(doc, "cookies", connection="cookie", end="server")
+    assert server["snd_mss"] == syncookie.server_snd_mss(server["advmss"], False, bool(timestamps))
+    assert server["stated_options"] is bool(timestamps)
+    assert syncookie.cookie_sentence(timestamps, False) in doc["findings"]
+    measured = next(f for f in doc["findings"] if f.startswith("Measured: the cookie"))
+    assert measured.endswith("as the rule states.")

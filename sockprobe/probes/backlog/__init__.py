@@ -6,6 +6,7 @@ The experiments, one module each:
 - retries.py: `--retry-wait S`, the waiting clients' SYN retransmissions (`retries`);
 - overflow.py: what a SYN, a half-open request's ACK and a cookie's ACK each meet at a
   full queue, stated by the kernel's rule and measured (`overflow`);
+- cookies.py: a connection through a SYN cookie beside a normal one (`cookies`);
 - give_up.py: `--syncnt N`, one client's SYN schedule until ETIMEDOUT (`syn_give_up`);
 - settings.py: the settings and what each does here (`settings`).
 
@@ -22,7 +23,7 @@ from sockprobe.kernel.backlog import FdLimit, open_fds, raise_nofile, restore_no
 from sockprobe.kernel.netif import loopback_down_reason
 from sockprobe.lab import Lab, resolve_host
 from sockprobe.probes import Stopwatch
-from sockprobe.probes.backlog import admission, give_up, overflow, retries, settings
+from sockprobe.probes.backlog import admission, cookies, give_up, overflow, retries, settings
 from sockprobe.probes.backlog.admission import Plan, Row
 from sockprobe.probes.backlog.clients import require_ports
 from sockprobe.probes.backlog.params import DEFAULT_BACKLOGS, EXTRA, SYSCTLS, Params
@@ -87,7 +88,7 @@ def run(params: Params) -> Report:
     report = Report("backlog", params=params_dict(params), environment=environment(values))
     somaxconn = kernel.sysctl_int("net.core.somaxconn")
     abort = kernel.sysctl_int("net.ipv4.tcp_abort_on_overflow")
-    cookies = kernel.sysctl_int("net.ipv4.tcp_syncookies")
+    syncookies = kernel.sysctl_int("net.ipv4.tcp_syncookies")
     plans = []
     for b in params.backlogs:
         eff = None if somaxconn is None else min(b, somaxconn)
@@ -99,6 +100,8 @@ def run(params: Params) -> Report:
     waits: list[retries.Retry] = []
     paths: list[overflow.PathResult] = []
     gave: give_up.GiveUp | None = None
+    conns: list[cookies.Connection] = []
+    timestamps = kernel.sysctl_int("net.ipv4.tcp_timestamps")
     try:
         plans = _fit(plans, lim, in_use)
         for plan in plans:
@@ -111,7 +114,11 @@ def run(params: Params) -> Report:
                 report.endpoints.extend(lab.endpoints)
         if params.overflow and kernel.IS_LINUX:
             with Lab(host, deadline) as lab:
-                paths = overflow.measure(lab, abort or 0, 1 if cookies is None else cookies)
+                paths = overflow.measure(lab, abort or 0, 1 if syncookies is None else syncookies)
+                report.endpoints.extend(lab.endpoints)
+        if params.cookies and kernel.IS_LINUX:
+            with Lab(host, deadline) as lab:
+                conns = cookies.measure(lab, 1 if syncookies is None else syncookies)
                 report.endpoints.extend(lab.endpoints)
         if params.syncnt:
             with Lab(host, deadline) as lab:
@@ -127,6 +134,8 @@ def run(params: Params) -> Report:
         retries.table(report, params.retry_wait, waits, reason or "sock_diag did not report it")
     if paths:
         overflow.table(report, paths)
+    if conns:
+        cookies.table(report, conns, timestamps, host.is_v6)
     if gave is not None:
         give_up.table(report, gave)
     settings.table(report, values)
@@ -134,7 +143,9 @@ def run(params: Params) -> Report:
     for w in waits:
         report.findings.append(retries.finding(w))
     if paths:
-        overflow.findings(report, paths, abort, cookies)
+        overflow.findings(report, paths, abort, syncookies)
+    if conns:
+        cookies.findings(report, conns, timestamps, host.is_v6)
     if gave is not None:
         report.findings.append(give_up.finding(gave))
     _fd_text(report, lim, plans)

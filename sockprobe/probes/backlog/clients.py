@@ -10,11 +10,14 @@ import errno
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sockprobe import kernel
-from sockprobe.kernel.backlog import CONNECT_PENDING, so_error
+from sockprobe.kernel.backlog import CONNECT_PENDING, listener_view, so_error
 from sockprobe.kernel.sockstate import abortive_linger
+from sockprobe.kernel.synfilter import holding_acks
 from sockprobe.lab import Address, Host, Lab
 from sockprobe.status import Unsupported, errno_name, oserror_text
 
@@ -194,3 +197,51 @@ def connect_failed(err: int, i: int, n: int) -> str:
     if err in (errno.ENETUNREACH, errno.EHOSTUNREACH):
         return f"{which} failed with {errno_text(err)}: no route to the listener's address"
     return f"{which} failed with {errno_text(err)}: this host cannot make the connection"
+
+
+def until(lab: Lab, cond: object, what: str, cap: float = 0.3) -> bool:
+    """Poll `cond()` until true or `cap` seconds pass; False on time-out. Loopback
+    delivers in well under a millisecond; the listener retransmits a SYN-ACK after 1 s,
+    so every step that holds an ACK back ends far sooner."""
+    assert callable(cond)
+    end = time.monotonic() + lab.deadline.timeout(cap, what)
+    while not cond():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.0005)
+    return True
+
+
+def tcp_state(s: socket.socket) -> int | None:
+    info = kernel.tcp_info(s)
+    return None if info is None else info.state
+
+
+def half_open(lst: socket.socket) -> int:
+    return listener_view(lst, proc=False).half_open or 0
+
+
+@contextmanager
+def held_back(
+    lab: Lab, lst: socket.socket, ports: Sequence[int], hold_request: bool
+) -> Iterator[bool]:
+    """While the block runs, final ACKs from `ports` never reach `lst`
+    (kernel/synfilter.py). With `hold_request`, first make one client whose ACK is held
+    too, so that the listener keeps a half-open request: over a backlog of 0 that makes
+    tcp_syncookies 1 answer the next SYNs with cookies. Yields False if the request
+    could not be held."""
+    holder = open_client(lab, bind=True) if hold_request else None
+    held = list(ports) + ([holder.getsockname()[1]] if holder is not None else [])
+    if not held:
+        yield True
+        return
+    with holding_acks(lst, held):
+        if holder is None:
+            yield True
+            return
+        holder.connect_ex(lst.getsockname())
+        yield until(
+            lab,
+            lambda: tcp_state(holder) == TCP_ESTABLISHED and half_open(lst) >= 1,
+            "holding a half-open request",
+        )

@@ -31,15 +31,18 @@ from dataclasses import dataclass
 from sockprobe import kernel
 from sockprobe.kernel import overflow as rule
 from sockprobe.kernel.backlog import listener_view, so_error
-from sockprobe.kernel.synfilter import holding_acks
-from sockprobe.lab import Deadline, Lab
-from sockprobe.probes.backlog.clients import TCP_ESTABLISHED, errno_text, open_client
+from sockprobe.lab import Lab
+from sockprobe.probes.backlog.clients import (
+    TCP_ESTABLISHED,
+    errno_text,
+    half_open,
+    held_back,
+    open_client,
+    tcp_state,
+    until,
+)
 from sockprobe.report import CONTEXT, NA, Cell, Report, col
 
-#: How long one step may wait for loopback to deliver (normally well under 1 ms). The
-#: listener retransmits its SYN-ACK after 1 s, which would let a held client's duplicate
-#: ACK through once the filter is gone, so every path ends far sooner.
-STEP_S = 0.3
 #: After the listener counted the drop, how long to look for an RST at the client.
 RST_GRACE_S = 0.02
 
@@ -68,26 +71,6 @@ class PathResult:
     cookies_recv: int | None
 
 
-def _until(deadline: Deadline, cond: object, what: str, cap: float = STEP_S) -> bool:
-    """Poll `cond()` until true or `cap` seconds pass; False on time-out."""
-    assert callable(cond)
-    end = time.monotonic() + deadline.timeout(cap, what)
-    while not cond():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(0.0005)
-    return True
-
-
-def _state(s: socket.socket) -> int | None:
-    info = kernel.tcp_info(s)
-    return None if info is None else info.state
-
-
-def _half_open(lst: socket.socket) -> int:
-    return listener_view(lst, proc=False).half_open or 0
-
-
 def _queue(lst: socket.socket) -> int:
     return listener_view(lst, proc=False).queue or 0
 
@@ -97,7 +80,7 @@ def _fill(lab: Lab, lst: socket.socket, n: int, queued: int) -> bool:
     for _ in range(n):
         f = open_client(lab)
         f.connect_ex(addr)
-    return _until(lab.deadline, lambda: _queue(lst) >= queued + n, "filling the accept queue")
+    return until(lab, lambda: _queue(lst) >= queued + n, "filling the accept queue")
 
 
 def _cookie_counters() -> tuple[int | None, int | None]:
@@ -122,7 +105,7 @@ def _deliver(lab: Lab, lst: socket.socket, c: socket.socket) -> tuple[str, int]:
         v = listener_view(lst, proc=False)
         return bool(err) or (v.drops or 0) > d0 or (v.queue or 0) > q0
 
-    _until(lab.deadline, seen, "delivering the final ACK")
+    until(lab, seen, "delivering the final ACK")
     if not err:
         # The RST of tcp_abort_on_overflow follows the drop count in the same softirq;
         # give the client a moment to process it before calling it a silent drop.
@@ -143,11 +126,12 @@ def _syn(lab: Lab, abort: int) -> PathResult:
     if not _fill(lab, lst, 1, 0):
         return _na(rule.SYN, abort, "the accept queue did not fill")
     d0 = listener_view(lst, proc=False).drops or 0
+    s0 = _cookie_counters()
     c = open_client(lab)
     c.connect_ex(lst.getsockname())
-    _until(lab.deadline, lambda: (listener_view(lst, proc=False).drops or 0) > d0, "a SYN drop")
+    until(lab, lambda: (listener_view(lst, proc=False).drops or 0) > d0, "a SYN drop")
     err = so_error(c)
-    state = _state(c)
+    state = tcp_state(c)
     dropped = (listener_view(lst, proc=False).drops or 0) > d0
     fate = (
         rule.RESET
@@ -163,8 +147,15 @@ def _syn(lab: Lab, abort: int) -> PathResult:
         fate,
         kernel.tcp_state_name(state) if state is not None else NA("no TCP_INFO"),
         errno_text(err) if err else "-",
-        None,
-        None,
+        *_cookie_delta(s0),
+    )
+
+
+def _cookie_delta(s0: tuple[int | None, int | None]) -> tuple[int | None, int | None]:
+    s1 = _cookie_counters()
+    return (
+        None if s0[0] is None or s1[0] is None else s1[0] - s0[0],
+        None if s0[1] is None or s1[1] is None else s1[1] - s0[1],
     )
 
 
@@ -188,38 +179,24 @@ def _held(
     lst = lab.listener(backlog=backlog, role=f"overflow: {path} listener")
     addr = lst.getsockname()
     client = open_client(lab, bind=True)
-    ports = [client.getsockname()[1]]
-    holder = None
-    if path == rule.COOKIE_ACK and syncookies == 1:
-        # tcp_syncookies 1 sends cookies only once half-open requests exceed the backlog:
-        # one held request over listen(0)'s backlog of 0 does it.
-        holder = open_client(lab, bind=True)
-        ports.insert(0, holder.getsockname()[1])
+    # tcp_syncookies 1 sends cookies only once half-open requests exceed the backlog:
+    # one held request over listen(0)'s backlog of 0 does it.
+    hold = path == rule.COOKIE_ACK and syncookies == 1
     s0 = _cookie_counters()
-    with holding_acks(lst, ports):
-        if holder is not None:
-            holder.connect_ex(addr)
-            ok = _until(
-                lab.deadline,
-                lambda: _state(holder) == TCP_ESTABLISHED and _half_open(lst) >= 1,
-                "holding a half-open request",
-            )
-            if not ok:
-                return _na(path, abort, "no half-open request could be held")
-        h0 = _half_open(lst)
+    with held_back(lab, lst, [client.getsockname()[1]], hold) as ok:
+        if not ok:
+            return _na(path, abort, "no half-open request could be held")
+        h0 = half_open(lst)
         client.connect_ex(addr)
-        if not _until(
-            lab.deadline, lambda: _state(client) == TCP_ESTABLISHED, "the client's handshake"
-        ):
+        if not until(lab, lambda: tcp_state(client) == TCP_ESTABLISHED, "the handshake"):
             return _na(path, abort, "the client's SYN was not answered")
         # A kept request shows up as one more SYN_RECV entry; a cookie keeps nothing.
-        _until(lab.deadline, lambda: _half_open(lst) > h0, "the request", cap=0.01)
-        answered = "request" if _half_open(lst) > h0 else "cookie"
+        until(lab, lambda: half_open(lst) > h0, "the request", cap=0.01)
+        answered = "request" if half_open(lst) > h0 else "cookie"
         if not _fill(lab, lst, fillers, 0):
             return _na(path, abort, "the accept queue did not fill")
     fate, err = _deliver(lab, lst, client)
-    s1 = _cookie_counters()
-    state = _state(client)
+    state = tcp_state(client)
     return PathResult(
         path,
         answered,
@@ -227,8 +204,7 @@ def _held(
         fate,
         kernel.tcp_state_name(state) if state is not None else NA("no TCP_INFO"),
         errno_text(err) if err else "-",
-        None if s0[0] is None or s1[0] is None else s1[0] - s0[0],
-        None if s0[1] is None or s1[1] is None else s1[1] - s0[1],
+        *_cookie_delta(s0),
     )
 
 
@@ -270,7 +246,7 @@ def table(report: Report, results: list[PathResult]) -> None:
         ],
         keys=["path"],
     )
-    no_counter = NA("not measured for this path")
+    no_counter = NA("/proc/net/netstat TcpExt is not readable here")
     for r in results:
         t.add(
             r.path,

@@ -27,6 +27,7 @@ SYSCTLS = (
     "net.ipv4.tcp_abort_on_overflow",
     "net.ipv4.tcp_syn_retries",
     "net.ipv4.tcp_syn_linear_timeouts",
+    "net.ipv4.tcp_timestamps",
     "net.ipv4.ip_local_port_range",
 )
 
@@ -52,6 +53,12 @@ class Params(ProbeParams):
         True,
         "Show what a SYN, a half-open request's final ACK and a SYN cookie's final ACK "
         "each meet at a full accept queue.",
+        negatable=True,
+    )
+    cookies: bool = option(
+        True,
+        "Compare a connection made through a SYN cookie with a normal one (MSS, window "
+        "scaling, SACK from TCP_INFO on both ends).",
         negatable=True,
     )
     syncnt: int = option(
