@@ -91,6 +91,9 @@ def _one(lab: Lab, kind: str, syncookies: int) -> Connection:
 
 
 def measure(lab: Lab, syncookies: int) -> list[Connection]:
+    if syncookies == 2:
+        none = "tcp_syncookies is 2: every SYN gets a cookie, there is no normal connection"
+        return [Connection("request", None, None, None, {}, none), _one(lab, "cookie", 2)]
     normal = _one(lab, "request", syncookies)
     if syncookies == 0:
         return [
@@ -166,9 +169,14 @@ def findings(report: Report, conns: list[Connection], timestamps: int | None, v6
     normal = next(c for c in conns if c.kind == "request")
     cookie = next(c for c in conns if c.kind == "cookie")
     report.findings.append(syncookie.cookie_sentence(timestamps, v6))
-    if cookie.server is None or cookie.client is None or normal.server is None:
+    if cookie.server is None or cookie.client is None:
         report.findings.append(f"The cookie connection was not measured: {cookie.na}.")
         return
+    beside = (
+        f"the normal connection's: {normal.server.snd_mss} B"
+        if normal.server is not None
+        else "no normal connection to compare"
+    )
     mss, opts = _stated(cookie, timestamps, v6)
     lost = [
         name
@@ -182,7 +190,7 @@ def findings(report: Report, conns: list[Connection], timestamps: int | None, v6
     same = (cookie.client.wscale, cookie.client.sack) == (cookie.server.wscale, cookie.server.sack)
     report.findings.append(
         f"Measured: the cookie connection's server sends with MSS {cookie.server.snd_mss} B "
-        f"(the normal connection's: {normal.server.snd_mss} B; the client advertised "
+        f"({beside}; the client advertised "
         f"{cookie.client.advmss} B), and "
         + (f"lost {' and '.join(lost)}" if lost else "kept window scaling and SACK")
         + (" on both ends" if same else " (the client's TCP_INFO differs)")
