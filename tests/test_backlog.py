@@ -167,9 +167,10 @@ def test_nothing_is_left_in_the_kernel_afterwards() -> None:
     addrs = {
         ("127.0.0.1", int(ep["local"].rsplit(":", 1)[1]))
         for ep in r.endpoints
-        if ep["role"].startswith(("listener", "overflow"))
+        if ep["role"].startswith(("listener", "overflow", "cookies", "defer"))
     }
-    assert len(addrs) == 5  # two admission listeners, three overflow paths
+    # Two admission listeners, three overflow paths, two cookie listeners, one deferred.
+    assert len(addrs) == 8
     left = [s for s in dump if s.local in addrs or s.remote in addrs]
     assert left == []
 
@@ -332,7 +333,7 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["probe"] == "backlog" and doc["schema"] == 2
     assert [r["established"] for r in _table(doc, "admission")] == [3, 4]
     ids = [t["id"] for t in doc["tables"]]
-    assert ids == ["admission", "listener", "overflow", "settings"]
+    assert ids == ["admission", "listener", "overflow", "cookies", "defer_accept", "settings"]
 
 
 # -- the kernel's rules as functions -------------------------------------------------------------
@@ -590,3 +591,27 @@ def test_namespace_cookie_keeps_options_only_with_timestamps(
     assert syncookie.cookie_sentence(timestamps, False) in doc["findings"]
     measured = next(f for f in doc["findings"] if f.startswith("Measured: the cookie"))
     assert measured.endswith("as the rule states.")
+
+
+@linux_only
+def test_defer_accept_holds_the_connection_until_data(report: Report) -> None:
+    row = report.get("defer_accept").find(client="data")
+    assert row["client_established"] is True
+    # Held as a half-open request, not queued, until the first byte came.
+    assert (row["half_open"], row["queue"], row["data_at_accept"]) == (1, 0, 1)
+    assert isinstance(row["acceptable_ms"], float) and row["acceptable_ms"] < 100
+
+
+@linux_only
+def test_defer_accept_silent_client_waits_for_the_synack_resend() -> None:
+    from sockprobe.kernel.synretry import defer_accept_promotes_after
+
+    r = backlog.run(backlog.Params(backlogs=(0,), overflow=False, cookies=False, defer_wait=True))
+    row = r.get("defer_accept").find(client="silent")
+    stated = defer_accept_promotes_after(1) * 1000
+    assert row["stated_ms"] == stated
+    measured = row["acceptable_ms"]
+    assert isinstance(measured, float)
+    # A timer never fires early (10 ms for jiffies); a loaded host may run it late.
+    assert stated - 10 <= measured <= stated + 500, row
+    assert row["data_at_accept"] == 0

@@ -110,3 +110,38 @@ def describe(retries: int, linear: int | None, rto: float = INITIAL_RTO) -> str:
             else ", every timeout doubling"
         )
     )
+
+
+def defer_accept_retransmits(seconds: int, rto: float = INITIAL_RTO) -> int:
+    """TCP_DEFER_ACCEPT's seconds as the kernel stores them: the number of SYN-ACK
+    retransmissions whose doubling timeouts first cover them (`secs_to_retrans()`,
+    net/ipv4/tcp.c). The value read back is that count turned back into seconds.
+
+    >>> defer_accept_retransmits(1), defer_accept_retransmits(3), defer_accept_retransmits(5)
+    (1, 2, 3)
+    """
+    if seconds <= 0:
+        return 0
+    n, timeout, period = 1, rto, rto
+    while seconds > period and n < 255:
+        timeout = min(timeout * 2, RTO_MAX)
+        period += timeout
+        n += 1
+    return n
+
+
+def defer_accept_promotes_after(seconds: int, rto: float = INITIAL_RTO) -> float:
+    """When a client that completed the handshake but sent nothing becomes acceptable
+    under TCP_DEFER_ACCEPT: its bare ACKs are dropped (`tcp_check_req()`) until the
+    request's SYN-ACK has been retransmitted `defer_accept_retransmits()` times; the
+    client's answer to that last SYN-ACK then creates the connection.
+
+    >>> defer_accept_promotes_after(1), defer_accept_promotes_after(3)
+    (1.0, 3.0)
+    """
+    n = defer_accept_retransmits(seconds, rto)
+    t, timeout = 0.0, rto
+    for _ in range(n):
+        t += timeout
+        timeout = min(timeout * 2, RTO_MAX)
+    return t

@@ -7,6 +7,7 @@ The experiments, one module each:
 - overflow.py: what a SYN, a half-open request's ACK and a cookie's ACK each meet at a
   full queue, stated by the kernel's rule and measured (`overflow`);
 - cookies.py: a connection through a SYN cookie beside a normal one (`cookies`);
+- defer.py: TCP_DEFER_ACCEPT holding a connection until its data (`defer_accept`);
 - give_up.py: `--syncnt N`, one client's SYN schedule until ETIMEDOUT (`syn_give_up`);
 - settings.py: the settings and what each does here (`settings`).
 
@@ -23,7 +24,15 @@ from sockprobe.kernel.backlog import FdLimit, open_fds, raise_nofile, restore_no
 from sockprobe.kernel.netif import loopback_down_reason
 from sockprobe.lab import Lab, resolve_host
 from sockprobe.probes import Stopwatch
-from sockprobe.probes.backlog import admission, cookies, give_up, overflow, retries, settings
+from sockprobe.probes.backlog import (
+    admission,
+    cookies,
+    defer,
+    give_up,
+    overflow,
+    retries,
+    settings,
+)
 from sockprobe.probes.backlog.admission import Plan, Row
 from sockprobe.probes.backlog.clients import require_ports
 from sockprobe.probes.backlog.params import DEFAULT_BACKLOGS, EXTRA, SYSCTLS, Params
@@ -101,6 +110,7 @@ def run(params: Params) -> Report:
     paths: list[overflow.PathResult] = []
     gave: give_up.GiveUp | None = None
     conns: list[cookies.Connection] = []
+    deferred: list[defer.Deferred] = []
     timestamps = kernel.sysctl_int("net.ipv4.tcp_timestamps")
     try:
         plans = _fit(plans, lim, in_use)
@@ -120,6 +130,10 @@ def run(params: Params) -> Report:
             with Lab(host, deadline) as lab:
                 conns = cookies.measure(lab, 1 if syncookies is None else syncookies)
                 report.endpoints.extend(lab.endpoints)
+        if params.defer and kernel.IS_LINUX:
+            with Lab(host, deadline) as lab:
+                deferred = defer.measure(lab, params.defer_wait)
+                report.endpoints.extend(lab.endpoints)
         if params.syncnt:
             with Lab(host, deadline) as lab:
                 linear = kernel.sysctl_int("net.ipv4.tcp_syn_linear_timeouts")
@@ -136,6 +150,8 @@ def run(params: Params) -> Report:
         overflow.table(report, paths)
     if conns:
         cookies.table(report, conns, timestamps, host.is_v6)
+    if deferred:
+        defer.table(report, deferred)
     if gave is not None:
         give_up.table(report, gave)
     settings.table(report, values)
@@ -146,6 +162,8 @@ def run(params: Params) -> Report:
         overflow.findings(report, paths, abort, syncookies)
     if conns:
         cookies.findings(report, conns, timestamps, host.is_v6)
+    if deferred:
+        defer.findings(report, deferred)
     if gave is not None:
         report.findings.append(give_up.finding(gave))
     _fd_text(report, lim, plans)

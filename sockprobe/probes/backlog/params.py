@@ -61,6 +61,14 @@ class Params(ProbeParams):
         "scaling, SACK from TCP_INFO on both ends).",
         negatable=True,
     )
+    defer: bool = option(
+        True,
+        "Show TCP_DEFER_ACCEPT holding a connection back until its first data.",
+        negatable=True,
+    )
+    defer_wait: bool = option(
+        False, "Also wait for a client that sends nothing under TCP_DEFER_ACCEPT (about 1 s)."
+    )
     syncnt: int = option(
         0,
         "Also follow one client with TCP_SYNCNT N into a full accept queue until connect() "
