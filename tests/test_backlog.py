@@ -615,3 +615,40 @@ def test_defer_accept_silent_client_waits_for_the_synack_resend() -> None:
     # A timer never fires early (10 ms for jiffies); a loaded host may run it late.
     assert stated - 10 <= measured <= stated + 500, row
     assert row["data_at_accept"] == 0
+
+
+@pytest.mark.parametrize(
+    ("max_syn_backlog", "somaxconn", "limit_by"),
+    [(16, 64, "quarter rule"), (16, 8, "listen backlog"), (2048, 4096, "quarter rule")],
+)
+def test_namespace_syncookies_off_request_queue_limit(
+    netns: Any, max_syn_backlog: int, somaxconn: int, limit_by: str
+) -> None:
+    """tcp_max_syn_backlog is not the half-open limit: with syncookies off, SYNs stop at
+    min(listen backlog, 3/4 of tcp_max_syn_backlog) + 1 requests, measured."""
+    code, doc, err = _ns(
+        netns,
+        dict(backlogs=(1,)),
+        sysctls={
+            "net.ipv4.tcp_syncookies": 0,
+            "net.ipv4.tcp_max_syn_backlog": max_syn_backlog,
+            "net.core.somaxconn": somaxconn,
+        },
+    )
+    assert code == 0 and doc is not None, err
+    row = _row(doc, "syn_queue", backlog=somaxconn)
+    stated = rule.half_open_held(somaxconn, max_syn_backlog, 0)
+    assert row["stated"] == stated
+    assert row["held"] == stated and row["dropped"] is True, row
+    assert row["half_open"] == stated
+    finding = next(f for f in doc["findings"] if f.startswith("With tcp_syncookies 0"))
+    assert limit_by in finding and finding.endswith("as stated.")
+    effect = _row(doc, "settings", setting="net.ipv4.tcp_max_syn_backlog")["effect"]
+    assert "no effect here" not in effect
+
+
+def test_half_open_rule() -> None:
+    assert rule.half_open_held(64, 16, 0) == 13
+    assert rule.half_open_held(8, 16, 0) == 9
+    assert rule.half_open_held(4096, 2048, 0) == 1537
+    assert rule.half_open_held(64, 16, 1) is None

@@ -118,3 +118,17 @@ def overflow_sentences(abort_on_overflow: int | None, syncookies: int | None) ->
             "exceed the backlog, further SYNs are dropped."
         )
     return out
+
+
+def half_open_held(backlog: int, max_syn_backlog: int, syncookies: int) -> int | None:
+    """How many half-open requests a listener keeps before it drops further SYNs from
+    peers without metrics history, with syncookies 0: a SYN is taken while the requests
+    do not exceed the backlog (`inet_csk_reqsk_queue_is_full()`) and at least a quarter
+    of tcp_max_syn_backlog is free. None with syncookies on (cookies answer instead).
+
+    >>> half_open_held(64, 16, 0), half_open_held(4, 16, 0), half_open_held(64, 16, 1)
+    (13, 5, None)
+    """
+    if syncookies != 0:
+        return None
+    return min(backlog, max_syn_backlog_floor(max_syn_backlog)) + 1

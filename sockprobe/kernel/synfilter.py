@@ -35,19 +35,26 @@ _LDB_ABS = 0x30
 _JEQ_K = 0x15
 _JSET_K = 0x45
 _RET_K = 0x06
+_JA = 0x05
 
 
 def _program(ports: Sequence[int], ip_header: int) -> list[tuple[int, int, int, int]]:
-    """Drop (return 0) a segment from one of `ports` without SYN; accept the rest."""
+    """Drop (return 0) a segment from one of `ports` without SYN; accept the rest.
+
+    Conditional jumps reach at most 255 instructions ahead, so each port's test jumps
+    over one unconditional `ja` (32-bit offset) to the flags test on a match:
+
+        ldh sport; (jeq port_i ? next : skip; ja FLAGS) x n; ret ACCEPT;
+        FLAGS: ldb flags; jset SYN ? ACCEPT : next; ret 0; ACCEPT: ret -1
+    """
     base = SKF_NET_OFF + ip_header
     n = len(ports)
     ins: list[tuple[int, int, int, int]] = [(_LDH_ABS, 0, 0, (base + 0) & 0xFFFFFFFF)]
-    # One jeq per port: on a match jump to the flags test, else fall through to the next;
-    # after the last, jump to accept.
     for i, port in enumerate(ports):
-        to_flags = n - 1 - i
-        ins.append((_JEQ_K, to_flags, 0 if i < n - 1 else 3, port))
+        ins.append((_JEQ_K, 0, 1, port))
+        ins.append((_JA, 0, 0, 2 * n - 2 * i - 1))
     ins += [
+        (_RET_K, 0, 0, 0xFFFFFFFF),
         (_LDB_ABS, 0, 0, (base + 13) & 0xFFFFFFFF),
         (_JSET_K, 1, 0, _TH_SYN),
         (_RET_K, 0, 0, 0),

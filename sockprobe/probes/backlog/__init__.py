@@ -6,6 +6,7 @@ The experiments, one module each:
 - retries.py: `--retry-wait S`, the waiting clients' SYN retransmissions (`retries`);
 - overflow.py: what a SYN, a half-open request's ACK and a cookie's ACK each meet at a
   full queue, stated by the kernel's rule and measured (`overflow`);
+- synqueue.py: with tcp_syncookies 0, where half-open requests stop (`syn_queue`);
 - cookies.py: a connection through a SYN cookie beside a normal one (`cookies`);
 - defer.py: TCP_DEFER_ACCEPT holding a connection until its data (`defer_accept`);
 - give_up.py: `--syncnt N`, one client's SYN schedule until ETIMEDOUT (`syn_give_up`);
@@ -32,6 +33,7 @@ from sockprobe.probes.backlog import (
     overflow,
     retries,
     settings,
+    synqueue,
 )
 from sockprobe.probes.backlog.admission import Plan, Row
 from sockprobe.probes.backlog.clients import require_ports
@@ -111,6 +113,7 @@ def run(params: Params) -> Report:
     gave: give_up.GiveUp | None = None
     conns: list[cookies.Connection] = []
     deferred: list[defer.Deferred] = []
+    synq: synqueue.SynQueue | None = None
     timestamps = kernel.sysctl_int("net.ipv4.tcp_timestamps")
     try:
         plans = _fit(plans, lim, in_use)
@@ -125,6 +128,11 @@ def run(params: Params) -> Report:
         if params.overflow and kernel.IS_LINUX:
             with Lab(host, deadline) as lab:
                 paths = overflow.measure(lab, abort or 0, 1 if syncookies is None else syncookies)
+                report.endpoints.extend(lab.endpoints)
+        max_syn = kernel.sysctl_int("net.ipv4.tcp_max_syn_backlog")
+        if params.overflow and kernel.IS_LINUX and syncookies == 0 and max_syn is not None:
+            with Lab(host, deadline) as lab:
+                synq = synqueue.measure(lab, min(somaxconn or 128, 4096), max_syn)
                 report.endpoints.extend(lab.endpoints)
         if params.cookies and kernel.IS_LINUX:
             with Lab(host, deadline) as lab:
@@ -148,6 +156,8 @@ def run(params: Params) -> Report:
         retries.table(report, params.retry_wait, waits, reason or "sock_diag did not report it")
     if paths:
         overflow.table(report, paths)
+    if synq is not None:
+        synqueue.table(report, synq)
     if conns:
         cookies.table(report, conns, timestamps, host.is_v6)
     if deferred:
@@ -160,6 +170,8 @@ def run(params: Params) -> Report:
         report.findings.append(retries.finding(w))
     if paths:
         overflow.findings(report, paths, abort, syncookies)
+    if synq is not None:
+        report.findings.append(synqueue.finding(synq))
     if conns:
         cookies.findings(report, conns, timestamps, host.is_v6)
     if deferred:
