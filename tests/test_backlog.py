@@ -298,6 +298,8 @@ def test_a_retry_wait_cut_short_by_the_deadline_is_an_error_not_a_shorter_wait()
         dict(syncnt=-1),
         dict(syncnt=7),
         dict(syncnt=4, deadline=20.0),  # the 31 s budget cannot fit in 20 s
+        dict(synack_retries=7),
+        dict(synack_retries=5, deadline=30.0),  # 63 s
     ],
 )
 def test_bad_params_are_usage_errors(kwargs: dict[str, Any]) -> None:
@@ -652,3 +654,28 @@ def test_half_open_rule() -> None:
     assert rule.half_open_held(8, 16, 0) == 9
     assert rule.half_open_held(4096, 2048, 0) == 1537
     assert rule.half_open_held(64, 16, 1) is None
+
+
+@linux_only
+def test_synack_resends_then_the_request_is_forgotten() -> None:
+    """Listener TCP_SYNCNT 1: one SYN-ACK resend at 1 s, the request dropped at 3 s, and
+    the client (ESTABLISHED all along) gets an RST for its first data."""
+    from sockprobe.kernel.synretry import synack_schedule
+
+    r = backlog.run(
+        backlog.Params(backlogs=(0,), overflow=False, cookies=False, defer=False, synack_retries=1)
+    )
+    stated, drop = synack_schedule(1)
+    rows = r.get("synack").rows
+    resends = [x for x in rows if str(x["event"]).startswith("SYN-ACK resend")]
+    assert [x["stated_s"] for x in resends] == stated
+    for x in resends + [rows[-1]]:
+        s, m = x["stated_s"], x["measured_s"]
+        assert isinstance(s, float) and isinstance(m, float)
+        # A timer never fires early (less 10 ms for jiffies and polling); late under load.
+        assert s - 0.01 <= m <= s + 0.5, x
+    assert rows[-1]["stated_s"] == drop
+    assert any(
+        f.startswith("Listener TCP_SYNCNT 1") and f.endswith("ECONNRESET, as stated.")
+        for f in r.findings
+    ), r.findings

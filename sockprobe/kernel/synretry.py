@@ -145,3 +145,23 @@ def defer_accept_promotes_after(seconds: int, rto: float = INITIAL_RTO) -> float
         t += timeout
         timeout = min(timeout * 2, RTO_MAX)
     return t
+
+
+def synack_schedule(retries: int, rto: float = INITIAL_RTO) -> tuple[list[float], float]:
+    """(SYN-ACK resend times, time the request is dropped) for a half-open request whose
+    final ACK never comes: `reqsk_timer_handler()` (net/ipv4/inet_connection_sock.c)
+    resends the SYN-ACK on a doubling timer (`TCP_TIMEOUT_INIT << num_timeout`) and drops
+    the request once it has fired `retries` times (net.ipv4.tcp_synack_retries, or the
+    listener's TCP_SYNCNT), without telling the client. (A listener whose requests fill
+    more than half its backlog resends fewer to old requests: not modelled here.)
+
+    >>> synack_schedule(1), synack_schedule(2), synack_schedule(5)[1]
+    (([1.0], 3.0), ([1.0, 3.0], 7.0), 63.0)
+    """
+    sent: list[float] = []
+    t, timeout = 0.0, rto
+    for _ in range(retries):
+        t += timeout
+        sent.append(t)
+        timeout = min(timeout * 2, RTO_MAX)
+    return sent, t + timeout

@@ -9,6 +9,7 @@ The experiments, one module each:
 - synqueue.py: with tcp_syncookies 0, where half-open requests stop (`syn_queue`);
 - cookies.py: a connection through a SYN cookie beside a normal one (`cookies`);
 - defer.py: TCP_DEFER_ACCEPT holding a connection until its data (`defer_accept`);
+- synack.py: `--synack-retries N`, SYN-ACK resends until a request is dropped (`synack`);
 - give_up.py: `--syncnt N`, one client's SYN schedule until ETIMEDOUT (`syn_give_up`);
 - settings.py: the settings and what each does here (`settings`).
 
@@ -33,6 +34,7 @@ from sockprobe.probes.backlog import (
     overflow,
     retries,
     settings,
+    synack,
     synqueue,
 )
 from sockprobe.probes.backlog.admission import Plan, Row
@@ -114,6 +116,7 @@ def run(params: Params) -> Report:
     conns: list[cookies.Connection] = []
     deferred: list[defer.Deferred] = []
     synq: synqueue.SynQueue | None = None
+    resent: synack.SynAck | None = None
     timestamps = kernel.sysctl_int("net.ipv4.tcp_timestamps")
     try:
         plans = _fit(plans, lim, in_use)
@@ -142,6 +145,10 @@ def run(params: Params) -> Report:
             with Lab(host, deadline) as lab:
                 deferred = defer.measure(lab, params.defer_wait)
                 report.endpoints.extend(lab.endpoints)
+        if params.synack_retries and kernel.IS_LINUX:
+            with Lab(host, deadline) as lab:
+                resent = synack.measure(lab, params.synack_retries)
+                report.endpoints.extend(lab.endpoints)
         if params.syncnt:
             with Lab(host, deadline) as lab:
                 linear = kernel.sysctl_int("net.ipv4.tcp_syn_linear_timeouts")
@@ -162,6 +169,8 @@ def run(params: Params) -> Report:
         cookies.table(report, conns, timestamps, host.is_v6)
     if deferred:
         defer.table(report, deferred)
+    if resent is not None:
+        synack.table(report, resent)
     if gave is not None:
         give_up.table(report, gave)
     settings.table(report, values)
@@ -176,6 +185,8 @@ def run(params: Params) -> Report:
         cookies.findings(report, conns, timestamps, host.is_v6)
     if deferred:
         defer.findings(report, deferred)
+    if resent is not None:
+        report.findings.append(synack.finding(resent))
     if gave is not None:
         report.findings.append(give_up.finding(gave))
     _fd_text(report, lim, plans)

@@ -69,6 +69,12 @@ class Params(ProbeParams):
     defer_wait: bool = option(
         False, "Also wait for a client that sends nothing under TCP_DEFER_ACCEPT (about 1 s)."
     )
+    synack_retries: int = option(
+        0,
+        "Also hold one client's final ACK back from a listener with TCP_SYNCNT N and watch "
+        "its SYN-ACK resends until the request is dropped (0: off; slow: 2^(N+1)-1 s).",
+        metavar="N",
+    )
     syncnt: int = option(
         0,
         "Also follow one client with TCP_SYNCNT N into a full accept queue until connect() "
@@ -109,6 +115,17 @@ class Params(ProbeParams):
             isinstance(self.syncnt, int) and 0 <= self.syncnt <= MAX_SYNCNT,
             f"--syncnt must be 0..{MAX_SYNCNT}, not {self.syncnt}",
         )
+        require(
+            isinstance(self.synack_retries, int) and 0 <= self.synack_retries <= MAX_SYNCNT,
+            f"--synack-retries must be 0..{MAX_SYNCNT}, not {self.synack_retries}",
+        )
+        if self.synack_retries:
+            need = float(2 ** (self.synack_retries + 1) - 1) + 1.0
+            require(
+                need < self.deadline,
+                f"--synack-retries {self.synack_retries} waits at least {need:g} s: raise "
+                f"--deadline (now {self.deadline:g} s)",
+            )
         if self.syncnt:
             # The budget (2^(N+1)-1) x the 1 s initial RTO (kernel/synretry.py) is the
             # least it can take; the run checks the kernel's exact give-up time again.
