@@ -669,7 +669,7 @@ def test_synack_resends_then_the_request_is_forgotten() -> None:
     rows = r.get("synack").rows
     resends = [x for x in rows if str(x["event"]).startswith("SYN-ACK resend")]
     assert [x["stated_s"] for x in resends] == stated
-    for x in resends + [rows[-1]]:
+    for x in [*resends, rows[-1]]:
         s, m = x["stated_s"], x["measured_s"]
         assert isinstance(s, float) and isinstance(m, float)
         # A timer never fires early (less 10 ms for jiffies and polling); late under load.
