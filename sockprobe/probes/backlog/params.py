@@ -27,6 +27,7 @@ SYSCTLS = (
     "net.ipv4.tcp_abort_on_overflow",
     "net.ipv4.tcp_syn_retries",
     "net.ipv4.tcp_syn_linear_timeouts",
+    "net.ipv4.tcp_synack_retries",
     "net.ipv4.tcp_timestamps",
     "net.ipv4.ip_local_port_range",
 )

@@ -71,6 +71,23 @@ def effect(name: str, settings: dict[str, Cell]) -> str:
         )
     if name == "net.ipv4.tcp_syn_retries":
         return synretry.describe(v, linear)
+    if name == "net.ipv4.tcp_synack_retries":
+        sent, drop = synretry.synack_schedule(v)
+        return (
+            f"a half-open request whose final ACK never comes gets its SYN-ACK resent "
+            f"{len(sent)} times (at {', '.join(f'{t:g}' for t in sent) or '-'} s) and is "
+            f"dropped after {drop:g} s without telling the client (a listener's TCP_SYNCNT "
+            "overrides it)"
+        )
+    if name == "net.ipv4.tcp_timestamps":
+        from sockprobe.kernel.syncookie import keeps_options
+
+        return (
+            "SYN cookies keep window scaling and SACK"
+            if keeps_options(bool(v))
+            else "SYN-cookie connections lose window scaling and SACK (they ride only in "
+            "the timestamp)"
+        ) + " (see the cookies table)"
     if name == "net.ipv4.tcp_syn_linear_timeouts":
         text = f"the initial SYN timeout and the {v} after it stay at 1 s, later ones double"
         if retries is not None:
