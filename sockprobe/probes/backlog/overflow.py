@@ -248,6 +248,8 @@ def table(report: Report, results: list[PathResult]) -> None:
     )
     no_counter = NA("/proc/net/netstat TcpExt is not readable here")
     for r in results:
+        # A path these settings rule out has no counters either, for the same reason.
+        missing = r.fate if isinstance(r.fate, NA) else no_counter
         t.add(
             r.path,
             SETUPS[r.path],
@@ -256,8 +258,8 @@ def table(report: Report, results: list[PathResult]) -> None:
             r.fate,
             r.client_state,
             r.client_error,
-            no_counter if r.cookies_sent is None else r.cookies_sent,
-            no_counter if r.cookies_recv is None else r.cookies_recv,
+            missing if r.cookies_sent is None else r.cookies_sent,
+            missing if r.cookies_recv is None else r.cookies_recv,
         )
 
 
