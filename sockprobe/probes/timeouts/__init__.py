@@ -7,8 +7,8 @@ Plumbing: setup.py builds the sockets each operation meets; calls.py makes a cal
 may block and wakes it with shutdown() on time.
 
 Threads: one per case that can wait (they wait at the same time, so the matrix takes
-about one timeout plus one wake-up), one for the facts (run one after another), and one
-waker for every blocked call. A host that cannot start them (a low RLIMIT_NPROC or
+about one timeout plus one wake-up), two for the facts (two lanes, each one after
+another), and one waker for every blocked call. A host that cannot start them (a low RLIMIT_NPROC or
 address-space limit) gets Unsupported naming the cause.
 """
 
@@ -83,10 +83,11 @@ def run(params: Params) -> Report:
                 for i, c in enumerate(cases)
                 if may_wait(c)
             ]
-            fact_worker = _start(
-                lab, facts.run_all, lab, params, labs, waker, name="sockprobe-facts"
-            )
-            busy = [w for _, w in waiting] + [fact_worker]
+            lanes = [
+                _start(lab, facts.run_all, lab, params, labs, waker, lane, name="sockprobe-facts")
+                for lane in facts.LANES
+            ]
+            busy = [w for _, w in waiting] + lanes
             waker_worker = _start(
                 lab,
                 waker.serve,
@@ -99,7 +100,10 @@ def run(params: Params) -> Report:
                     results[i] = run_case(lab, c, params, None, labs)
             for i, w in waiting:
                 results[i] = facts.join(w, deadline, f"case {cases[i].name}")
-            found = facts.join(fact_worker, deadline, "the thread and timeout checks")
+            for w in lanes:
+                found.extend(facts.join(w, deadline, "the thread and timeout checks"))
+            # One stable order, whichever lane ran a fact.
+            found.sort(key=lambda f: facts.ORDER.index(f.id) if f.id in facts.ORDER else 99)
             facts.join(waker_worker, deadline, "waking the blocked calls")
         except BaseException:
             _wake_all(labs, waker)
