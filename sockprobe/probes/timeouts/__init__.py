@@ -127,16 +127,16 @@ def connect_note(retries: int | None, linear: int | None) -> str:
     """The note on which blocking calls end on their own, with connect()'s give-up time
     computed from this namespace's tcp_syn_retries and tcp_syn_linear_timeouts."""
     if retries is None:
-        budget = "gives up on its own after the time net.ipv4.tcp_syn_retries allows"
+        budget = "it gives up after the time net.ipv4.tcp_syn_retries allows"
     else:
+        lin = linear if linear is not None else "absent"
         budget = (
-            f"gives up on its own: here (net.ipv4.tcp_syn_retries {retries}, "
-            f"tcp_syn_linear_timeouts {linear if linear is not None else 'absent'}) "
+            f"here (net.ipv4.tcp_syn_retries {retries}, tcp_syn_linear_timeouts {lin}) "
             + synretry.describe(retries, linear)
         )
     return (
         "Which blocking calls end by themselves: connect() is the one blocking TCP call "
-        f"that always does; an unanswered connect() {budget}. recv() on a peer that "
+        f"that always does: {budget}. recv() on a peer that "
         "vanished without a word never returns unless a timeout, SO_KEEPALIVE or "
         "TCP_USER_TIMEOUT ends it; a send() whose data is never acknowledged waits for "
         "net.ipv4.tcp_retries2 (documented: about 15 minutes at the default 15); a peer "
