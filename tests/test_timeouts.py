@@ -328,3 +328,24 @@ def test_namespace_lo_down_is_unsupported(netns: Any) -> None:
     proc = netns.in_netns(args=["timeouts", "--json"], setup=["ip link set lo down"])
     assert proc.returncode == 3, proc.stderr
     assert "lo is down" in proc.stderr and proc.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("limit", [16, 40])
+def test_low_rlimit_nofile_is_unsupported_naming_the_limit(limit: int) -> None:
+    resource = pytest.importorskip("resource")
+    import subprocess
+    import sys
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sockprobe", "timeouts"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=low,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert f"RLIMIT_NOFILE soft {limit}, hard {limit}" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""

@@ -14,6 +14,7 @@ address-space limit) gets Unsupported naming the cause.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 from typing import Any
@@ -29,7 +30,7 @@ from sockprobe.probes.timeouts.matrix import CaseResult, cases_for, may_wait, ru
 from sockprobe.probes.timeouts.params import MODES, OPS, SYSCTLS, Params
 from sockprobe.probes.timeouts.setup import Case
 from sockprobe.report import Report, environment, params_dict
-from sockprobe.status import Unsupported
+from sockprobe.status import Unsupported, oserror_text
 
 __all__ = ["MODES", "OPS", "SYSCTLS", "Case", "Params", "run"]
 
@@ -62,6 +63,17 @@ def _listen_overflows() -> int | None:
     return kernel.netstat_counters().get("TcpExt", {}).get("ListenOverflows")
 
 
+def _no_descriptor(exc: OSError, n_cases: int) -> str:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    shown = ["unlimited" if v == resource.RLIM_INFINITY else str(v) for v in (soft, hard)]
+    return (
+        f"out of file descriptors ({oserror_text(exc)}): RLIMIT_NOFILE soft {shown[0]}, "
+        f"hard {shown[1]}; the {n_cases} cases run side by side, a few sockets each"
+    )
+
+
 def run(params: Params) -> Report:
     watch = Stopwatch()
     down = loopback_down_reason(resolve_host(params.host).address)
@@ -76,38 +88,51 @@ def run(params: Params) -> Report:
     found: list[facts.Fact] = []
     labs: list[Lab] = []
     waker = Waker(deadline)
-    with Lab(host, deadline) as lab:
-        try:
-            waiting = [
-                (i, _start(lab, run_case, lab, c, params, waker, labs, name=f"sockprobe-case-{i}"))
-                for i, c in enumerate(cases)
-                if may_wait(c)
-            ]
-            lanes = [
-                _start(lab, facts.run_all, lab, params, labs, waker, lane, name="sockprobe-facts")
-                for lane in facts.LANES
-            ]
-            busy = [w for _, w in waiting] + lanes
-            waker_worker = _start(
-                lab,
-                waker.serve,
-                lambda: any(w.thread.is_alive() for w in busy),
-                name="sockprobe-waker",
-            )
-            # While they wait, the instant cases run here one after another.
-            for i, c in enumerate(cases):
-                if not may_wait(c):
-                    results[i] = run_case(lab, c, params, None, labs)
-            for i, w in waiting:
-                results[i] = facts.join(w, deadline, f"case {cases[i].name}")
-            for w in lanes:
-                found.extend(facts.join(w, deadline, "the thread and timeout checks"))
-            # One stable order, whichever lane ran a fact.
-            found.sort(key=lambda f: facts.ORDER.index(f.id) if f.id in facts.ORDER else 99)
-            facts.join(waker_worker, deadline, "waking the blocked calls")
-        except BaseException:
-            _wake_all(labs, waker)
-            raise
+    try:
+        with Lab(host, deadline) as lab:
+            try:
+                waiting = [
+                    (
+                        i,
+                        _start(
+                            lab, run_case, lab, c, params, waker, labs, name=f"sockprobe-case-{i}"
+                        ),
+                    )
+                    for i, c in enumerate(cases)
+                    if may_wait(c)
+                ]
+                lanes = [
+                    _start(
+                        lab, facts.run_all, lab, params, labs, waker, lane, name="sockprobe-facts"
+                    )
+                    for lane in facts.LANES
+                ]
+                busy = [w for _, w in waiting] + lanes
+                waker_worker = _start(
+                    lab,
+                    waker.serve,
+                    lambda: any(w.thread.is_alive() for w in busy),
+                    name="sockprobe-waker",
+                )
+                # While they wait, the instant cases run here one after another.
+                for i, c in enumerate(cases):
+                    if not may_wait(c):
+                        results[i] = run_case(lab, c, params, None, labs)
+                for i, w in waiting:
+                    results[i] = facts.join(w, deadline, f"case {cases[i].name}")
+                for w in lanes:
+                    found.extend(facts.join(w, deadline, "the thread and timeout checks"))
+                # One stable order, whichever lane ran a fact.
+                found.sort(key=lambda f: facts.ORDER.index(f.id) if f.id in facts.ORDER else 99)
+                facts.join(waker_worker, deadline, "waking the blocked calls")
+            except BaseException:
+                _wake_all(labs, waker)
+                raise
+    except OSError as exc:
+        # A worker's error is re-raised here by join(); the Lab has closed everything.
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise Unsupported(_no_descriptor(exc, len(cases))) from None
+        raise
     overflows1 = _listen_overflows()
     done = [r for r in results if r is not None]
     for r in done:
