@@ -1,9 +1,10 @@
 """`sockprobe reuseaddr`: the whole matrix in under 2 s (issue 6).
 
 The probe's floor is net.ipv4.tcp_tw_reuse_delay (1 s by default): the tcp_tw_reuse row
-must wait that long before its second connect(). Everything else runs inside that second,
-so the goal is met only if the 15 restart scenarios, the IPV6_V6ONLY rows, the timers and
-the SO_REUSEPORT restart together stay under it. Both the wall time of the command
+must wait that long before its second connect(), and the crossed-FIN case waits one RTO.
+Everything else runs inside that second, so the goal is met only if the 15 restart
+scenarios, the wildcard, IPV6_V6ONLY, timers and TIME_WAIT rows, the SO_REUSEPORT restart
+and the other-user child together stay under it. Both the wall time of the command
 (process start included) and the probe's own duration_s are reported.
 """
 

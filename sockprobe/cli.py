@@ -355,6 +355,9 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
         description=cmd.question,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations: a script's `--back` must not change meaning when an option
+        # that shares the prefix is added.
+        allow_abbrev=False,
     )
     params_cls: type | None = None
     names: list[str] = []
@@ -495,12 +498,33 @@ class Output:
 
             raise OutputError(f"cannot write the output: {oserror_text(exc)}") from None
 
-    def progress_ok(self) -> bool:
+    def progress_mode(self) -> str | None:
+        """None when stderr is not a terminal (no progress at all); "plain" (one line
+        each time) with TERM=dumb or NO_COLOR; "ansi" (one line rewritten in place)."""
         try:
             tty = bool(self.err is not None and self.err.isatty())
         except (ValueError, OSError):
             tty = False
-        return tty and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
+        if not tty:
+            return None
+        if os.environ.get("TERM") == "dumb" or "NO_COLOR" in os.environ:
+            return "plain"
+        return "ansi"
+
+    def progress_ok(self) -> bool:
+        return self.progress_mode() is not None
+
+    def interactive(self) -> bool:
+        """Whether a question may be asked: stdin and stderr are terminals."""
+        try:
+            return bool(
+                sys.stdin is not None
+                and sys.stdin.isatty()
+                and self.err is not None
+                and self.err.isatty()
+            )
+        except (ValueError, OSError):
+            return False
 
 
 def _render(report: Any, ns: argparse.Namespace, io: Output, **kw: Any) -> str:
@@ -545,11 +569,18 @@ def _run_probe(
 
 
 def _progress_line(io: Output) -> Callable[[str], None]:
-    """A progress callback: one line rewritten in place on stderr (terminal only)."""
+    """A progress callback for stderr on a terminal: one line rewritten in place, or,
+    with TERM=dumb or NO_COLOR, each new line written plainly (no escape codes)."""
+    mode = io.progress_mode()
+    last = [""]
 
     def progress(text: str) -> None:
         assert io.err is not None
-        io.err.write(f"\r\x1b[K{text}" if text else "\r\x1b[K")
+        if mode == "ansi":
+            io.err.write(f"\r\x1b[K{text}" if text else "\r\x1b[K")
+        elif text and text != last[0]:
+            io.err.write(text + "\n")
+        last[0] = text
         io.err.flush()
 
     return progress
@@ -649,10 +680,35 @@ def _run_docs(ns: argparse.Namespace, io: Output) -> int:
 def _run_port(ns: argparse.Namespace, params_cls: type, names: list[str], io: Output) -> int:
     from sockprobe import port
 
-    params = params_cls(**{n: getattr(ns, n) for n in names})
-    result = port.diagnose(params)  # TRANSITIONAL: until port/ is a package
-    io.write(_render(result.report, ns, io))
-    return 1 if getattr(ns, "check", False) and result.bind_fails else 0
+    kwargs = {n: getattr(ns, n) for n in names}
+    quiet = bool(getattr(ns, "quiet", False))
+    show = _progress_line(io) if io.progress_mode() and not quiet else None
+    if show is not None:
+        kwargs["progress"] = show
+    if io.interactive():
+        kwargs["confirm"] = _ask(io)
+    try:
+        result = port.run(params_cls(**kwargs))
+    finally:
+        if show is not None:
+            show("")  # clear the progress line, on Ctrl-C too
+    if not quiet:
+        extra = {**result.data, **({"actions": result.actions} if result.actions else {})}
+        io.write(_render(result.report, ns, io, extra=extra))
+    return int(result.exit_code)
+
+
+def _ask(io: Output) -> Callable[[str], bool]:
+    """--kill's question on a terminal: the plan, then "Proceed? [y/N]"."""
+
+    def confirm(text: str) -> bool:
+        assert io.err is not None
+        io.err.write(f"{text}\nProceed? [y/N] ")
+        io.err.flush()
+        answer = sys.stdin.readline()
+        return answer.strip().lower() in ("y", "yes")
+
+    return confirm
 
 
 def completion_script(shell: str) -> str:

@@ -7,7 +7,9 @@ A probe that cannot run is recorded with its exit status and message; the others
 
 from __future__ import annotations
 
+import json
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sockprobe.probes import PROBES, load
-from sockprobe.report import SCHEMA_VERSION, VOLATILE, Report, col, environment
+from sockprobe.report import SCHEMA_VERSION, VOLATILE, Report, col, environment, report_from_dict
 from sockprobe.status import ExitStatus, classify
 
 FINGERPRINT_KIND = "sockprobe-fingerprint"
@@ -120,26 +122,106 @@ def run_all(
 ) -> Fingerprint:
     """Run each registered probe (or those named in `only`) with its defaults.
 
-    `deadline` bounds each probe. KeyboardInterrupt is not caught: the probe that was
-    running has cleaned up by the time it propagates, and the CLI exits 130.
+    `deadline` bounds each probe. A probe whose spec says `background` (it waits on
+    kernel timers for seconds and uses no CPU: dead-peer) runs in a child process
+    started first, so its waits overlap the other probes; its JSON report is read back
+    at the end, and the child is killed on any exit, Ctrl-C included.
+    KeyboardInterrupt is not caught: the probe that was running has cleaned up by the
+    time it propagates, and the CLI exits 130.
     """
     specs = [p for p in PROBES if only is None or p.name in only]
     fp = Fingerprint()
     t0 = time.monotonic()
-    for i, spec in enumerate(specs, 1):
-        if progress is not None:
-            progress(i, len(specs), spec.name)
-        start = time.monotonic()
-        try:
-            module = load(spec.name)
-            report = module.run(module.Params(host=host, deadline=deadline))
-            fp.outcomes.append(
-                Outcome(spec.name, report, ExitStatus.OK, duration_s=time.monotonic() - start)
-            )
-        except Exception as exc:  # one probe's failure is its row; the others still run
-            status, message = classify(exc)
-            fp.outcomes.append(Outcome(spec.name, None, status, message, time.monotonic() - start))
-        if on_outcome is not None:
-            on_outcome(fp.outcomes[-1])
+    children: dict[str, tuple[subprocess.Popen[str], float]] = {}
+    done: dict[str, Outcome] = {}
+    try:
+        for spec in specs:
+            if spec.background and len(specs) > 1:
+                children[spec.name] = (_start_child(spec.name, host, deadline), time.monotonic())
+        for i, spec in enumerate(specs, 1):
+            if progress is not None:
+                progress(i, len(specs), spec.name)
+            if spec.name in children:
+                proc, started = children.pop(spec.name)
+                outcome = _collect_child(spec.name, proc, started, deadline)
+            else:
+                outcome = _run_here(spec.name, host, deadline)
+            done[spec.name] = outcome
+            fp.outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+    finally:
+        for proc, _ in children.values():
+            _reap(proc)
     fp.duration_s = time.monotonic() - t0
     return fp
+
+
+def _run_here(name: str, host: str, deadline: float) -> Outcome:
+    start = time.monotonic()
+    try:
+        module = load(name)
+        report = module.run(module.Params(host=host, deadline=deadline))
+        return Outcome(name, report, ExitStatus.OK, duration_s=time.monotonic() - start)
+    except Exception as exc:  # one probe's failure is its row; the others still run
+        status, message = classify(exc)
+        return Outcome(name, None, status, message, time.monotonic() - start)
+
+
+def _start_child(name: str, host: str, deadline: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sockprobe",
+            name,
+            "--json",
+            "--host",
+            host,
+            "--deadline",
+            repr(deadline),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _collect_child(
+    name: str, proc: subprocess.Popen[str], started: float, deadline: float
+) -> Outcome:
+    """The child's report, or its failure; it is killed if it outlives its deadline
+    (it bounds itself; the margin covers interpreter start-up)."""
+    try:
+        out, err = proc.communicate(timeout=max(0.0, started + deadline + 5.0 - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _reap(proc)
+        return Outcome(
+            name,
+            None,
+            ExitStatus.DEADLINE,
+            f"--deadline {deadline:g} s ran out",
+            time.monotonic() - started,
+        )
+    took = time.monotonic() - started
+    if proc.returncode == 0:
+        try:
+            return Outcome(name, report_from_dict(json.loads(out)), ExitStatus.OK, duration_s=took)
+        except (ValueError, KeyError, TypeError) as exc:
+            return Outcome(name, None, ExitStatus.FAILURE, f"unreadable report: {exc}", took)
+    message = (err.strip().splitlines() or ["no message"])[-1].removeprefix("sockprobe: ")
+    try:
+        status = ExitStatus(proc.returncode)
+    except ValueError:
+        status = ExitStatus.FAILURE
+    return Outcome(name, None, status, message, took)
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError):
+        pass

@@ -16,15 +16,18 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-import subprocess
+import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sockprobe.status import DeadlineExceeded, Unsupported, UsageError, oserror_text
+
+if TYPE_CHECKING:  # imported where used: `sockprobe port --check -q` never starts a child
+    import subprocess
 
 Address = tuple[Any, ...]
 
@@ -221,6 +224,18 @@ class Lab:
         if sock in self.sockets:
             self.sockets.remove(sock)
 
+    def close_abortively(self, *socks: socket.socket) -> None:
+        """Close sockets whose experiment is over with SO_LINGER {1, 0}: tcp_close()
+        then sends a reset instead of a FIN, so neither end lingers in TIME_WAIT and a
+        probe leaves no socket behind in the kernel either. Only for connections whose
+        data has all been read: a reset discards anything still queued."""
+        for sock in socks:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass  # already closed by the peer's reset, or not a TCP socket
+            self.close(sock)
+
     def listener(
         self,
         backlog: int = 128,
@@ -236,6 +251,10 @@ class Lab:
         try:
             s.bind(self.host.sockaddr(port))
         except OSError as exc:
+            # Port 0 in use: the ephemeral range ran out mid-probe (the probe's own
+            # connections count), the host's cause, not the user's (require_local).
+            if port == 0 and exc.errno == errno.EADDRINUSE:
+                raise Unsupported(ephemeral_exhausted_text(self.host)) from None
             raise UsageError(
                 f"cannot bind {fmt_addr(self.host.sockaddr(port))}: {oserror_text(exc)}"
             ) from None
@@ -312,6 +331,8 @@ class Lab:
     def process(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         """A child process (stdout and stderr piped) that the Lab kills at cleanup if it
         is still running. For a peer that must not share this interpreter's GIL."""
+        import subprocess
+
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -344,6 +365,8 @@ class Lab:
         self.sockets.clear()
         self.workers = [w for w in self.workers if w.thread.is_alive()]
         for proc in self.processes:
+            import subprocess
+
             if proc.poll() is None:
                 proc.kill()
             try:
@@ -354,3 +377,94 @@ class Lab:
                 if pipe is not None:
                     pipe.close()
         self.processes.clear()
+
+
+#: errnos that mean "this machine cannot run loopback experiments now", not "the probe
+#: found a behaviour": the loopback interface is down or has no route (ENETUNREACH,
+#: EADDRNOTAVAIL on connect), or the process is out of descriptors (EMFILE, ENFILE).
+_CANNOT_RUN = {
+    errno.ENETUNREACH: "the network is unreachable (is the loopback interface down?)",
+    errno.EHOSTUNREACH: "the host is unreachable (is the loopback interface down?)",
+    errno.EADDRNOTAVAIL: "no local address or port is available for a connection",
+    errno.EMFILE: "this process has no file descriptor left (RLIMIT_NOFILE)",
+    errno.ENFILE: "the system has no file descriptor left",
+    errno.ENETDOWN: "the network is down (is the loopback interface down?)",
+}
+CANNOT_CONNECT = frozenset(_CANNOT_RUN)
+
+
+def cannot_run(exc: OSError, host: Host, doing: str = "") -> Unsupported | None:
+    """The Unsupported (exit 3) that an OSError from setting up a connection on `host`
+    means, naming the cause; None when the error is something else."""
+    why = _CANNOT_RUN.get(exc.errno or 0)
+    if why is None:
+        return None
+    during = f" ({doing})" if doing else ""
+    return Unsupported(f"cannot run on {host.address}{during}: {why}: {oserror_text(exc)}")
+
+
+def pair_or_unsupported(
+    lab: Lab,
+    doing: str,
+    configure_client: Callable[[socket.socket], None] | None = None,
+    configure_listener: Callable[[socket.socket], None] | None = None,
+    name: str = "",
+) -> tuple[socket.socket, socket.socket]:
+    """`lab.tcp_pair(...)`, but a connection that cannot be made here (an errno of
+    CANNOT_CONNECT, or a connect timeout: lo down drops the SYN) raises Unsupported
+    naming the cause and what the probe was doing, so that no experiment reports a
+    result it never measured."""
+
+    try:
+        return lab.tcp_pair(configure_client, configure_listener, name=name)
+    except TimeoutError:
+        lab.deadline.check(doing)
+        raise Unsupported(
+            f"cannot connect on {lab.host.address} ({doing}): the connect timed out"
+        ) from None
+    except OSError as exc:
+        unsupported = cannot_run(exc, lab.host, doing)
+        if unsupported is not None:
+            raise unsupported from None
+        raise
+
+
+#: How long a datagram sent on the lab host may take to arrive before the host is judged
+#: unable to deliver (loopback delivers inside send(); this is generous for a loaded box).
+DELIVERY_CAP_S = 0.5
+
+
+def require_udp_delivery(lab: Lab) -> None:
+    """Unsupported (exit 3) unless one UDP datagram sent on the lab host arrives.
+
+    A UDP probe's numbers rest on datagrams being delivered; a send() that succeeds proves
+    nothing (with `lo` down, a loopback send() still returns its length and the kernel
+    drops the packet). The cause is named: the send's errno (ENETUNREACH, EADDRNOTAVAIL,
+    EPERM from a firewall) or, when it vanished, the state of `lo` for a loopback host.
+    """
+    from sockprobe.kernel import netif
+    from sockprobe.status import Unsupported
+
+    where = f"[{lab.host.address}]" if lab.host.is_v6 else lab.host.address
+    try:
+        tx, rx = lab.udp_pair()
+        tx.send(b"sockprobe: delivery check")
+    except OSError as exc:
+        raise Unsupported(f"UDP on {where} cannot send here: {oserror_text(exc)}") from None
+    del lab.endpoints[-2:]  # a check, not an endpoint of the experiments
+    rx.settimeout(lab.deadline.timeout(DELIVERY_CAP_S, "checking UDP delivery"))
+    try:
+        rx.recv(64)
+    except TimeoutError:
+        lab.deadline.check("checking UDP delivery")
+        cause = ""
+        if ipaddress.ip_address(lab.host.address).is_loopback and netif.link_is_up("lo") is False:
+            cause = ": the loopback interface lo is down"
+        raise Unsupported(
+            f"a UDP datagram sent to {where} did not arrive within {DELIVERY_CAP_S:g} s{cause}"
+        ) from None
+    except OSError as exc:
+        raise Unsupported(f"UDP on {where} cannot receive here: {oserror_text(exc)}") from None
+    finally:
+        lab.close(tx)
+        lab.close(rx)

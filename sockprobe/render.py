@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +95,17 @@ def format_cell(value: Cell) -> str:
     return str(value)
 
 
+#: Integer columns that name things rather than count them print without thousands
+#: separators: a pid of 65534 is "65534", a port "8080".
+_IDENT = re.compile(r"(^|_)(pid|ppid|uid|gid|port|lport|rport|inode|ino|fd|ifindex|netns)s?$")
+
+
+def _cell(value: Cell, key: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and _IDENT.search(key):
+        return str(value)
+    return format_cell(value)
+
+
 def _numeric(value: Cell) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -137,6 +149,15 @@ def _text(report: Report, opts: RenderOptions, markdown: bool) -> str:
         out += _wrap(f"{sub}{table.title}", w, indent="  ")
         if not table.rows:
             out.append("(none)")
+            out.append("")
+            continue
+        if table.detail and not opts.explain:
+            out += _wrap(
+                f"({len(table.rows)} rows of detail: shown with --explain, and in --json or "
+                f"--format csv --table {table.id})",
+                w,
+                indent="  ",
+            )
             out.append("")
             continue
         out += _markdown_table(table) if markdown else _fit_table(table, w)
@@ -183,7 +204,7 @@ def _markdown_table(table: Table) -> list[str]:
     )
     for r in table.rows:
         lines.append(
-            "| " + " | ".join(esc(format_cell(r.get(c.key))) for c in table.columns) + " |"
+            "| " + " | ".join(esc(_cell(r.get(c.key), c.key)) for c in table.columns) + " |"
         )
     return lines
 
@@ -196,7 +217,7 @@ WORD_MAX = 16
 def _fit_table(table: Table, width: int | None) -> list[str]:
     """A plain table; on a terminal, wrapped to `width` or shown as records."""
     heads = [_header(c.label, c.unit) for c in table.columns]
-    cells = [[format_cell(r.get(c.key)) for c in table.columns] for r in table.rows]
+    cells = [[_cell(r.get(c.key), c.key) for c in table.columns] for r in table.rows]
     right = [
         all(_numeric(r.get(c.key)) or r.get(c.key) is None for r in table.rows)
         and any(_numeric(r.get(c.key)) for r in table.rows)
@@ -224,6 +245,8 @@ def _fit_table(table: Table, width: int | None) -> list[str]:
         gap = GAP if sum(floors) + GAP * (len(widths) - 1) <= width else 1
         budget = width - gap * (len(widths) - 1)
         if sum(floors) > budget:
+            if table.line is not None:
+                return [x for r in table.rows for x in _wrap(table.line(r), width, "    ")]
             return _records(table, heads, cells, width)
         while sum(widths) > budget:
             # A character from the widest column that can still give one.
@@ -258,16 +281,19 @@ def _cell_lines(text: str, width: int) -> list[str]:
 
 
 def _records(table: Table, heads: list[str], cells: list[list[str]], width: int) -> list[str]:
-    """One block per row: its key cells as a heading, then `label: value` lines."""
+    """One block per row: its key cells as a heading, then `label: value unit` pairs
+    joined by semicolons and wrapped (compact: a few lines per row)."""
     keys = set(table.keys)
     out: list[str] = []
     for row in cells:
         ident = " / ".join(v for c, v in zip(table.columns, row) if c.key in keys)
         out += _wrap(f"* {ident}", width, indent="  ")
-        for c, h, v in zip(table.columns, heads, row):
-            if c.key in keys:
-                continue
-            out += _wrap(f"{h}: {v}", width, indent="      ", first="    ")
+        pairs = [
+            f"{c.label}: {v}" + (f" {c.unit}" if c.unit and v not in ("-", "n/a") else "")
+            for c, v in zip(table.columns, row)
+            if c.key not in keys
+        ]
+        out += _wrap("; ".join(pairs), width, indent="    ", first="    ")
     return out
 
 
@@ -335,7 +361,9 @@ def _histogram(chart: Histogram, width: int, uni: bool) -> list[str]:
     if not samples:
         return [f"{chart.title}: no samples"]
     label_w = min(max(len(lbl) for lbl, _ in chart.series), 16)
-    bins = max(10, min(60, width - label_w - 14))
+    medians = [sorted(ss)[len(ss) // 2] for _, ss in chart.series if ss]
+    tail = 9 + max((len(_num(m)) for m in medians), default=3)  # "| median " + the number
+    bins = max(10, min(60, width - label_w - 4 - tail))
     lo, hi = min(samples), max(samples)
     a: float
     b: float

@@ -13,7 +13,8 @@ Each column has a `kind` that tells `sockprobe diff` how to compare it:
 - `exact`: behaviour (errno names, admitted counts, settings): must match;
 - `volatile`: timing and load (durations, segment counts): compared with a tolerance;
 - `context`: namespace-wide counter deltas, values that measure the scheduler: never
-  compared.
+  compared. A table whose key columns are context (this host's current destinations,
+  its processes) is a snapshot of the host, and diff skips it whole.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,6 +97,12 @@ class Table:
     columns: list[Column]
     keys: list[str] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
+    #: A table of per-event detail (one row per round, per call): always in JSON and
+    #: CSV, in the table format only with --explain, so the first screen stays short.
+    detail: bool = False
+    #: One line per row for a terminal too narrow for the columns (diff: "setting
+    #: net.core.somaxconn: 4096 -> 64"); None: the row becomes a record instead.
+    line: Callable[[Row], str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.id):
@@ -230,10 +237,11 @@ class Report:
         title: str,
         columns: Sequence[Column],
         keys: Sequence[str] = (),
+        detail: bool = False,
     ) -> Table:
         if any(t.id == id for t in self.tables):
             raise ValueError(f"report {self.probe!r}: a second table with id {id!r}")
-        t = Table(id, title, list(columns), keys=list(keys))
+        t = Table(id, title, list(columns), keys=list(keys), detail=detail)
         self.tables.append(t)
         return t
 
@@ -256,6 +264,28 @@ class Report:
             "notes": list(self.notes),
             "duration_s": round(self.duration_s, 4),
         }
+
+
+def report_from_dict(doc: dict[str, Any]) -> Report:
+    """The Report a schema-2 document describes (what `sockprobe PROBE --json` printed);
+    charts are not in JSON and come back empty."""
+    rep = Report(
+        str(doc["probe"]),
+        summary=str(doc.get("summary", "")),
+        params=dict(doc.get("params") or {}),
+        environment=dict(doc.get("environment") or {}),
+        endpoints=list(doc.get("endpoints") or []),
+        findings=list(doc.get("findings") or []),
+        notes=list(doc.get("notes") or []),
+        duration_s=float(doc.get("duration_s") or 0.0),
+    )
+    for t in doc.get("tables") or []:
+        cols = [Column(c["key"], c["label"], c.get("unit", ""), c["kind"]) for c in t["columns"]]
+        table = rep.table(t["id"], t["title"], cols, t.get("keys") or ())
+        for r in t["rows"]:
+            na = r.get("na") or {}
+            table.rows.append({c.key: NA(na[c.key]) if c.key in na else r.get(c.key) for c in cols})
+    return rep
 
 
 def _json_value(value: Any) -> Any:

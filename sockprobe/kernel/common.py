@@ -79,7 +79,9 @@ def sysctls(names: list[str] | tuple[str, ...]) -> dict[str, Cell]:
     for name in names:
         raw = sysctl(name)
         if raw is None:
-            out[name] = NA("not present on this kernel/platform")
+            from sockprobe.kernel.timewait import missing_sysctl_reason
+
+            out[name] = NA(missing_sysctl_reason(name))
         else:
             out[name] = int(raw) if raw.lstrip("-").isdigit() else raw
     return out

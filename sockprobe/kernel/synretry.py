@@ -20,63 +20,47 @@ defaults 6/4 -> SYNs at 1, 2, 3, 4, 5, 7, 11, 19, 35, 67 s and ETIMEDOUT at 131 
 2/4 -> five retransmissions, ETIMEDOUT at 7 s; 1/0 -> one retransmission, ETIMEDOUT at 3 s;
 2/1 -> SYNs at 1, 2, 4 s and ETIMEDOUT at 8 s (past the 7 s budget).
 
-The initial RTO of a SYN is TCP_TIMEOUT_INIT, 1 s (RFC 6298), unless a route sets one
-(`ip route ... rto_min` does not change it; a BPF sock_ops program can).
+The initial RTO of a SYN is TCP_TIMEOUT_INIT, 1 s (RFC 6298).
+
+The arithmetic lives once, in kernel/rules.py (shared with the kernel-settings probe);
+this module is the interface the backlog and timeouts probes use, with the sentence
+they print and the TCP_DEFER_ACCEPT conversions.
 """
 
 from __future__ import annotations
 
+from sockprobe.kernel import rules
+
 #: TCP_TIMEOUT_INIT: the SYN's initial retransmission timeout, seconds.
-INITIAL_RTO = 1.0
+INITIAL_RTO = rules.TCP_TIMEOUT_INIT_S
 #: TCP_RTO_MAX: the retransmission timer never grows past this, seconds.
-RTO_MAX = 120.0
+RTO_MAX = rules.TCP_RTO_MAX_S
 
 
 def syn_budget(retries: int, rto: float = INITIAL_RTO, rto_max: float = RTO_MAX) -> float:
-    """`tcp_model_timeout()`: the time `retries` doubling timeouts take from `rto`.
+    """`tcp_model_timeout()`: the time `retries` doubling timeouts take from `rto`
+    (kernel/rules.py model_timeout()).
 
     >>> syn_budget(6), syn_budget(2), syn_budget(1)
     (127.0, 7.0, 3.0)
     """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, not {retries}")
-    # ilog2(TCP_RTO_MAX / rto): the last doubling that still stays under the cap.
-    thresh = 0
-    while rto * (2 ** (thresh + 1)) <= rto_max:
-        thresh += 1
-    if retries <= thresh:
-        return ((2 << retries) - 1) * rto
-    return ((2 << thresh) - 1) * rto + (retries - thresh) * rto_max
-
-
-def _timer(retries: int, linear: int, rto: float, rto_max: float) -> tuple[list[float], float]:
-    """(retransmission times, give-up time), each in seconds after the first SYN."""
-    budget = syn_budget(retries, rto, rto_max)
-    t, timeout, fired = 0.0, rto, 0
-    sent: list[float] = []
-    while True:
-        t += timeout
-        fired += 1
-        # Compare in milliseconds, as the kernel does (tcp_time_stamp_ts), so that
-        # float sums such as 0.2 + 0.4 do not miss an exact budget.
-        if round(t * 1000) >= round(budget * 1000):
-            return sent, t
-        sent.append(t)
-        if fired > linear:
-            timeout = min(timeout * 2, rto_max)
+    return rules.model_timeout(retries, rto, rto_max)
 
 
 def syn_schedule(
     retries: int, linear: int, rto: float = INITIAL_RTO, rto_max: float = RTO_MAX
 ) -> list[float]:
-    """Seconds after connect() at which the SYN is retransmitted.
+    """Seconds after connect() at which the SYN is retransmitted (kernel/rules.py
+    syn_schedule(), the one implementation of the rule).
 
     >>> syn_schedule(6, 4)
     [1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 11.0, 19.0, 35.0, 67.0]
-    >>> syn_schedule(2, 4), syn_schedule(1, 0)
-    ([1.0, 2.0, 3.0, 4.0, 5.0], [1.0])
+    >>> syn_schedule(2, 4), syn_schedule(1, 0), syn_schedule(2, 1)
+    ([1.0, 2.0, 3.0, 4.0, 5.0], [1.0], [1.0, 2.0, 4.0])
     """
-    return _timer(retries, linear, rto, rto_max)[0]
+    return list(rules.syn_schedule(retries, linear, rto, rto_max).sends)
 
 
 def connect_gives_up_after(
@@ -88,7 +72,7 @@ def connect_gives_up_after(
     >>> connect_gives_up_after(6, 4), connect_gives_up_after(2, 4), connect_gives_up_after(2, 1)
     (131.0, 7.0, 8.0)
     """
-    return _timer(retries, linear, rto, rto_max)[1]
+    return rules.syn_schedule(retries, linear, rto, rto_max).gives_up_s
 
 
 def describe(retries: int, linear: int | None, rto: float = INITIAL_RTO) -> str:
@@ -149,19 +133,12 @@ def defer_accept_promotes_after(seconds: int, rto: float = INITIAL_RTO) -> float
 
 def synack_schedule(retries: int, rto: float = INITIAL_RTO) -> tuple[list[float], float]:
     """(SYN-ACK resend times, time the request is dropped) for a half-open request whose
-    final ACK never comes: `reqsk_timer_handler()` (net/ipv4/inet_connection_sock.c)
-    resends the SYN-ACK on a doubling timer (`TCP_TIMEOUT_INIT << num_timeout`) and drops
-    the request once it has fired `retries` times (net.ipv4.tcp_synack_retries, or the
-    listener's TCP_SYNCNT), without telling the client. (A listener whose requests fill
-    more than half its backlog resends fewer to old requests: not modelled here.)
+    final ACK never comes (kernel/rules.py synack_schedule(): `reqsk_timer_handler()`
+    resends on a doubling timer and drops the request once it has fired `retries` times,
+    net.ipv4.tcp_synack_retries or the listener's TCP_SYNCNT, without telling the client).
 
     >>> synack_schedule(1), synack_schedule(2), synack_schedule(5)[1]
     (([1.0], 3.0), ([1.0, 3.0], 7.0), 63.0)
     """
-    sent: list[float] = []
-    t, timeout = 0.0, rto
-    for _ in range(retries):
-        t += timeout
-        sent.append(t)
-        timeout = min(timeout * 2, RTO_MAX)
-    return sent, t + timeout
+    sch = rules.synack_schedule(retries, rto)
+    return list(sch.sends), sch.gives_up_s

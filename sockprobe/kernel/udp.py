@@ -34,6 +34,27 @@ IP_RECVERR: int | None = getattr(socket, "IP_RECVERR", 11 if IS_LINUX else None)
 IPV6_RECVERR: int | None = getattr(socket, "IPV6_RECVERR", 25 if IS_LINUX else None)
 MSG_TRUNC: int | None = getattr(socket, "MSG_TRUNC", None)
 
+#: UDP-level options (include/uapi/linux/udp.h; SOL_UDP is IPPROTO_UDP, 17). UDP_CORK
+#: (udp(7), Linux 2.5.44) queues every send into one datagram until it is cleared;
+#: UDP_SEGMENT (Linux 4.18) makes one send leave as datagrams of gso_size bytes; UDP_GRO
+#: (Linux 5.0) lets one recvmsg() return several datagrams of a flow glued together, with
+#: their size in a SOL_UDP/UDP_GRO control message (an int). Python 3.11 exports only
+#: UDP_CORK, and not everywhere.
+UDP_CORK: int | None = getattr(socket, "UDP_CORK", 1 if IS_LINUX else None)
+UDP_SEGMENT: int | None = 103 if IS_LINUX else None
+UDP_GRO: int | None = 104 if IS_LINUX else None
+#: IP-level path-MTU options (include/uapi/linux/in.h, ip(7)).
+IP_MTU_DISCOVER: int | None = getattr(socket, "IP_MTU_DISCOVER", 10 if IS_LINUX else None)
+IP_MTU: int | None = getattr(socket, "IP_MTU", 14 if IS_LINUX else None)
+IP_PMTUDISC_DO = 2
+#: The IPv6 counterparts (include/uapi/linux/in6.h, ipv6(7)); same mode numbers.
+IPV6_MTU_DISCOVER: int | None = getattr(socket, "IPV6_MTU_DISCOVER", 23 if IS_LINUX else None)
+IPV6_MTU: int | None = getattr(socket, "IPV6_MTU", 24 if IS_LINUX else None)
+#: The IPv6 fragment header (RFC 8200) each fragment carries.
+IPV6_HEADER = 40
+IPV6_FRAG_HEADER = 8
+PMTUDISC_NAMES = {0: "DONT", 1: "WANT", 2: "DO", 3: "PROBE", 4: "INTERFACE", 5: "OMIT"}
+
 #: Header bytes that come out of the 16-bit IP length field: the IPv4 total length
 #: (RFC 791) counts its own 20-byte header, the IPv6 payload length (RFC 8200) does not;
 #: both count the 8-byte UDP header. Used only to explain a limit the probe measures.
@@ -73,6 +94,23 @@ def rxq_ovfl_drops(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= _U32.size:
             return int(_U32.unpack_from(data)[0])
+    return None
+
+
+_INT = struct.Struct("=i")
+
+
+def gro_space() -> int:
+    """Control-buffer size for one UDP_GRO message."""
+    return socket.CMSG_SPACE(_INT.size)
+
+
+def gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The segment size a UDP_GRO receive carried (udp_cmsg_recv() in include/net/udp.h
+    adds it only when the buffer it returns is a GSO one), or None."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_UDP and kind == UDP_GRO and len(data) >= _INT.size:
+            return int(_INT.unpack_from(data)[0])
     return None
 
 
@@ -130,7 +168,8 @@ def proc_row(sock: socket.socket) -> UdpSocketRow | None:
 
 
 def udp_counters(family: int) -> dict[str, int]:
-    """Host-wide UDP counters for one family: {"RcvbufErrors": n, "NoPorts": n, ...}.
+    """The UDP counters of this network namespace, for one family:
+    {"RcvbufErrors": n, "NoPorts": n, ...}.
 
     IPv4's are the `Udp:` lines of /proc/net/snmp; IPv6 keeps its own in
     /proc/net/snmp6, one `Udp6RcvbufErrors  12` pair per line. Empty off Linux.

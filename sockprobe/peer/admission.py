@@ -144,8 +144,7 @@ def run(
                 ", which with the peer's tcp_abort_on_overflow = 0 are dropped: the peer "
                 "keeps the half-open request and resends its SYN-ACK later "
                 "(tcp_check_req() in net/ipv4/tcp_minisocks.c), while the client believes it "
-                "is connected. On loopback the queue fills between one SYN and the next, so "
-                "the extra SYNs are dropped instead."
+                "is connected."
                 if str(abort) == "0"
                 else "."
             )
@@ -158,3 +157,8 @@ def run(
             else f"; none had retransmitted its SYN within {settle:g} s."
         )
     report.findings.append(sentence)
+    report.summary = (
+        "peer accept queues: "
+        + ", ".join(admitted)
+        + (f"; {beyond} more ESTABLISHED on this side only" if beyond else "")
+    )

@@ -46,6 +46,8 @@ HOST_SYSCTLS = (
     "net.ipv4.ip_no_pmtu_disc",
     "net.ipv4.tcp_timestamps",
 )
+#: Seconds a new controller waits for the previous session's cleanup before "busy".
+BUSY_GRACE = 1.0
 #: Seconds a controller has to say hello, and to send each next request.
 HELLO_SECONDS = 5.0
 REQUEST_SECONDS = 120.0
@@ -136,7 +138,9 @@ class Agent:
                     conn, addr = self.lst.accept()
                 except TimeoutError:
                     continue
-                if not self.busy.acquire(blocking=False):
+                # A moment's grace: a controller that reconnects right after its last
+                # session ended must not meet that session's last cleanup as "busy".
+                if not self.busy.acquire(timeout=BUSY_GRACE):
                     self._refuse(conn, addr, "busy: another controller is active")
                     continue
                 self.last_activity = time.monotonic()

@@ -129,6 +129,10 @@ def run(peer: Peer, lab: Lab, report: Report, size: int, sndbuf: int) -> None:
         round(rate / 1e6, 2),
         bdp,
     )
+    report.summary = (
+        f"while the peer slept this host's kernel took {held:,} of {size:,} B; the peer "
+        f"received {received:,} B; {rate / 1e6:.2f} MB/s over {rtt_ms or 0:.2f} ms RTT"
+    )
     report.findings.append(
         f"While the peer read nothing, this host's kernel took {held:,} of {size:,} B "
         f"({first:,} in the first send()); the rest waited for the peer to read. The peer "

@@ -95,8 +95,6 @@ def run(
                 "host": "peer",
             }
         ]
-    if report.findings:
-        report.summary = report.findings[0]
     report.notes.append(
         f"Run across the path to the agent at {peer_address}: this host ran the client "
         "halves, the agent the server halves (sockprobe serve); the agent's kernel "

@@ -106,6 +106,10 @@ def run(peer: Peer, lab: Lab, report: Report, sizes: tuple[int, ...], read_size:
     )
     mss = ti.snd_mss if ti is not None else None
     t.add(len(messages), pos, len(reads), intact, split, merged, mss)
+    report.summary = (
+        f"{len(messages)} messages across the path (MSS {mss} B) came back as "
+        f"{plural(len(reads), 'read')}: {intact} intact, {split} split, {merged} merged"
+    )
     report.findings.append(
         f"Across the path (MSS {mss} B) the peer's recv({read_size}) returned "
         f"{len(messages)} messages in {plural(len(reads), 'read')}: {intact} intact, "

@@ -159,6 +159,10 @@ def run(peer: Peer, lab: Lab, report: Report) -> None:
     want_big = [o for o in outcomes if o[0] == "want" and o[1] > fits]
     do_big = [o for o in outcomes if o[0] == "do" and o[1] > fits]
     refused = sorted({o[2] for o in do_big if o[2] != "sent"})
+    report.summary = (
+        f"path MTU {mtu} B: {whole} of {len(want_big)} datagrams over {fits} B fragmented and "
+        "delivered whole; IP_PMTUDISC_DO: " + (", ".join(refused) if refused else "sent")
+    )
     report.findings.append(
         f"The path MTU read with IP_MTU is {mtu} B, so one packet carries at most {fits} B "
         f"of UDP payload. With the default IP_PMTUDISC_WANT, {whole} of {len(want_big)} "

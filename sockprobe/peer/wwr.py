@@ -178,6 +178,12 @@ def run(peer: Peer, lab: Lab, report: Report, rounds: int, size: int) -> None:
             f"acknowledged every first piece at once in these {len(nagle)} rounds."
         )
     report.findings.append(sentence)
+    med = {m: statistics.median(results[m]["rtts"]) for m in MODES}
+    report.summary = (
+        f"path RTT {rtt:.2f} ms; write-write-read median TCP_NODELAY {med['nodelay']:.2f} ms "
+        f"({med['nodelay'] / rtt:.2f} RTT), Nagle {med['nagle']:.2f} ms "
+        f"({med['nagle'] / rtt:.2f} RTT)"
+    )
     mss = results["nodelay"]["snd_mss"]
     if mss:
         report.findings.append(

@@ -24,6 +24,9 @@ class ProbeSpec(NamedTuple):
     question: str
     #: One or two command lines shown at the end of the command's --help.
     examples: tuple[str, ...] = ()
+    #: The probe spends its time waiting on kernel timers, not on the CPU: `all` runs it
+    #: in a child process beside the others (see fingerprint.run_all).
+    background: bool = False
 
 
 PROBES: tuple[ProbeSpec, ...] = (
@@ -66,6 +69,20 @@ PROBES: tuple[ProbeSpec, ...] = (
         "framing",
         "sockprobe.probes.framing",
         "How do message boundaries survive TCP, UDP, SEQPACKET, and a length-prefixed protocol?",
+    ),
+    ProbeSpec(
+        "dead-peer",
+        "sockprobe.probes.dead_peer",
+        "What notices a peer that vanished without a word (keepalive, TCP_USER_TIMEOUT, "
+        "retries), and when?",
+        ("sockprobe dead-peer", "sockprobe dead-peer --keepalive 2,1,3 --user-timeout 800"),
+        background=True,
+    ),
+    ProbeSpec(
+        "ephemeral",
+        "sockprobe.probes.ephemeral",
+        "When does connect() run out of local ports (EADDRNOTAVAIL), and how close is this host?",
+        ("sockprobe ephemeral", "sockprobe ephemeral --ports 8 --top 10"),
     ),
     ProbeSpec(
         "kernel",

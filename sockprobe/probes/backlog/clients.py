@@ -18,7 +18,7 @@ from sockprobe import kernel
 from sockprobe.kernel.backlog import CONNECT_PENDING, listener_view, so_error
 from sockprobe.kernel.sockstate import abortive_linger
 from sockprobe.kernel.synfilter import holding_acks
-from sockprobe.lab import Address, Host, Lab
+from sockprobe.lab import CANNOT_CONNECT, Address, Host, Lab
 from sockprobe.status import Unsupported, errno_name, oserror_text
 
 TCP_ESTABLISHED = 1
@@ -27,18 +27,7 @@ RESET_ERRNOS = (errno.ECONNREFUSED, errno.ECONNRESET)
 RESET_NAMES = frozenset(errno.errorcode[e] for e in RESET_ERRNOS)
 #: connect() failures that say this host cannot make the connection at all (no route,
 #: no local port, no descriptor, no memory), not anything about the listener.
-ENVIRONMENT_ERRNOS = frozenset(
-    {
-        errno.EADDRNOTAVAIL,
-        errno.ENETUNREACH,
-        errno.EHOSTUNREACH,
-        errno.EMFILE,
-        errno.ENFILE,
-        errno.ENOBUFS,
-        errno.ENOMEM,
-        errno.EAGAIN,
-    }
-)
+ENVIRONMENT_ERRNOS = CANNOT_CONNECT | {errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """SYN cookies in action: what a connection that began with a cookie keeps of its SYN.
 
 Two connections on loopback, each accepted, each read from TCP_INFO on both ends
-(kernel/tcpopts.py): one through listen(8), whose SYN got a normal half-open request,
+(kernel/tcpopts.py, handshake()): one through listen(8), whose SYN got a normal half-open request,
 and one whose SYN got a cookie. The cookie is made to happen without changing any
 setting: with tcp_syncookies 1, listen(0) answers with cookies once it holds more
 half-open requests than its backlog of 0, so one client's final ACK is held back by a
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sockprobe import kernel
 from sockprobe.kernel import syncookie
-from sockprobe.kernel.tcpopts import Negotiated, negotiated
+from sockprobe.kernel.tcpopts import Handshake, handshake
 from sockprobe.lab import Lab
 from sockprobe.probes.backlog.clients import half_open, held_back, open_client, until
 from sockprobe.report import CONTEXT, NA, Cell, Report, col
@@ -32,8 +32,8 @@ COUNTERS = ("SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed")
 @dataclass
 class Connection:
     kind: str
-    client: Negotiated | None
-    server: Negotiated | None
+    client: Handshake | None
+    server: Handshake | None
     #: Half-open requests the listener gained at the client's SYN (0 for a cookie).
     requests: int | None
     counters: dict[str, int | None]
@@ -87,7 +87,7 @@ def _one(lab: Lab, kind: str, syncookies: int) -> Connection:
         a, b = before[k], after[k]
         counters[k] = None if a is None or b is None else b - a
     c, s = pair
-    return Connection(kind, negotiated(c), negotiated(s), requests, counters)
+    return Connection(kind, handshake(c), handshake(s), requests, counters)
 
 
 def measure(lab: Lab, syncookies: int) -> list[Connection]:
@@ -155,7 +155,7 @@ def table(report: Report, conns: list[Connection], timestamps: int | None, v6: b
                 end,
                 n.timestamps,
                 n.sack,
-                n.wscale,
+                n.window_scaling,
                 n.rcv_wscale,
                 n.snd_mss,
                 n.advmss,
@@ -181,13 +181,16 @@ def findings(report: Report, conns: list[Connection], timestamps: int | None, v6
     lost = [
         name
         for name, kept in (
-            ("window scaling", cookie.server.wscale),
+            ("window scaling", cookie.server.window_scaling),
             ("SACK", cookie.server.sack),
         )
         if not kept
     ]
     agree = cookie.server.snd_mss == mss and (not lost) == opts
-    same = (cookie.client.wscale, cookie.client.sack) == (cookie.server.wscale, cookie.server.sack)
+    same = (cookie.client.window_scaling, cookie.client.sack) == (
+        cookie.server.window_scaling,
+        cookie.server.sack,
+    )
     report.findings.append(
         f"Measured: the cookie connection's server sends with MSS {cookie.server.snd_mss} B "
         f"({beside}; the client advertised "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sockprobe.kernel import overflow as rule
 from sockprobe.kernel import synretry
-from sockprobe.kernel.ephemeral import port_range
+from sockprobe.kernel.ephemeral import local_port_range
 from sockprobe.probes.backlog.params import SYSCTLS
 from sockprobe.report import Cell, Report, col
 
@@ -23,7 +23,7 @@ def effect(name: str, settings: dict[str, Cell]) -> str:
     retries = _int(settings, "net.ipv4.tcp_syn_retries")
     linear = _int(settings, "net.ipv4.tcp_syn_linear_timeouts")
     if name == "net.ipv4.ip_local_port_range":
-        rng = port_range()
+        rng = local_port_range()
         if rng is None:
             return "not readable here"
         return (

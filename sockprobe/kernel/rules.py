@@ -1,0 +1,845 @@
+"""What each kernel setting does here: the kernel's rule as a function of the settings.
+
+Every "what it does here" sentence of `sockprobe kernel` comes from one function below,
+keyed by the setting's name in `RULES`. A function takes the values read from /proc/sys
+(all of them: many rules depend on a second setting) and, where the rule depends on it,
+the RTO measured on a fresh loopback connection, and computes what the running kernel
+will do: the SYN retransmission times, the FIN_WAIT2 lifetime, the listen() admission
+count. The arithmetic follows the kernel source named beside each function (Linux 6.x:
+net/ipv4/tcp_timer.c, tcp_input.c, tcp_minisocks.c, include/net/tcp.h), and
+tests/test_settings.py compares the results with measurements made in network namespaces
+with the setting changed.
+
+The numeric rules are separate functions (`syn_schedule`, `retransmit_schedule`,
+`fin_wait2`, `listen_admits`, `keepalive_dead_after`) so that probes and tests can use the
+numbers, not parse the sentences.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+#: include/net/tcp.h: the initial SYN (and SYN-ACK) timeout, 1 s (RFC 6298).
+TCP_TIMEOUT_INIT_S = 1.0
+#: include/net/tcp.h: TCP_RTO_MIN (200 ms). retransmits_timed_out() uses this constant,
+#: not the tcp_rto_min_us sysctl, as the base of an established connection's budget.
+TCP_RTO_MIN_S = 0.2
+#: include/net/tcp.h: TCP_RTO_MAX, 120 s (tcp_rto_max_ms lowers it per namespace, 6.15+:
+#: both the backoff and the budgets of tcp_model_timeout follow it, measured).
+TCP_RTO_MAX_S = 120.0
+#: include/net/tcp.h: TCP_TIMEWAIT_LEN, 60 s, compiled in.
+TCP_TIMEWAIT_LEN_S = 60.0
+
+#: Settings the kernel keeps once for the whole host. In another network namespace they
+#: are either read-only copies of the host's value (net.core.*mem_*, the congestion
+#: control lists) or absent (udp_mem, tcp_mem, tcp_max_orphans) while still applying.
+HOST_WIDE_READ_ONLY = frozenset(
+    {
+        "net.core.rmem_default",
+        "net.core.rmem_max",
+        "net.core.wmem_default",
+        "net.core.wmem_max",
+        "net.ipv4.tcp_available_congestion_control",
+        "net.ipv4.tcp_allowed_congestion_control",
+    }
+)
+INITIAL_NETNS_ONLY = frozenset({"net.ipv4.udp_mem", "net.ipv4.tcp_mem", "net.ipv4.tcp_max_orphans"})
+
+
+def scope(name: str) -> str:
+    """Where a setting applies: 'host' (one value for every namespace) or 'namespace'."""
+    return "host" if name in HOST_WIDE_READ_ONLY | INITIAL_NETNS_ONLY else "namespace"
+
+
+def absent_reason(name: str) -> str:
+    """Why a setting reads nothing here, naming the cause."""
+    if name in INITIAL_NETNS_ONLY:
+        return (
+            "exists only in the initial network namespace and this process runs in another "
+            "one; the host's value applies here too (read it on the host)"
+        )
+    return "not on this kernel (no such file under /proc/sys)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The values read from /proc/sys (None where absent), plus the RTO of a fresh
+    loopback connection when it was measured (seconds), which some floors depend on."""
+
+    raw: Mapping[str, str | None]
+    rto_s: float | None = None
+
+    def ints(self, name: str) -> list[int]:
+        try:
+            return [int(x) for x in (self.raw.get(name) or "").split()]
+        except ValueError:
+            return []
+
+    def int(self, name: str) -> int | None:
+        v = self.ints(name)
+        return v[0] if len(v) == 1 else None
+
+    def text(self, name: str) -> str | None:
+        v = self.raw.get(name)
+        return None if v is None else v.strip()
+
+
+# -- the numeric rules --------------------------------------------------------------------
+def model_timeout(boundary: int, rto_base: float, rto_max: float = TCP_RTO_MAX_S) -> float:
+    """tcp_timer.c tcp_model_timeout(): the time `boundary` retransmissions would take if
+    the timeout doubled from `rto_base` up to the RTO cap (TCP_RTO_MAX, or tcp_rto_max_ms
+    where the kernel has it: measured, a 1 s cap shrinks tcp_retries2 6 from 25.4 s to
+    5.4 s). This is the time budget that
+    retransmits_timed_out() compares with the time since the first transmission."""
+    thresh = int(math.log2(rto_max / rto_base)) if rto_base > 0 else 0
+    if boundary <= thresh:
+        return ((2 << boundary) - 1) * rto_base
+    return ((2 << thresh) - 1) * rto_base + (boundary - thresh) * rto_max
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When each retransmission leaves (s after the first transmission) and when the
+    kernel gives up (ETIMEDOUT)."""
+
+    sends: tuple[float, ...]
+    gives_up_s: float
+
+    @property
+    def retransmissions(self) -> int:
+        return len(self.sends)
+
+
+def syn_schedule(
+    retries: int, linear: int, rto: float = TCP_TIMEOUT_INIT_S, rto_max: float = TCP_RTO_MAX_S
+) -> Schedule:
+    """An unanswered connect()'s SYN retransmissions and ETIMEDOUT (Linux 6.5+).
+
+    tcp_write_timeout(): in SYN_SENT it gives up when icsk_retransmits reaches
+    syn_retries + syn_linear_timeouts, or when the time since the first SYN reaches
+    tcp_model_timeout(syn_retries, initial RTO), whichever comes first; it is checked each
+    time the timer fires, before the retransmission. tcp_retransmit_timer(): the timeout
+    stays at the initial RTO while total_rto <= syn_linear_timeouts, then doubles (capped
+    at TCP_RTO_MAX). `retries` is TCP_SYNCNT when the socket sets it, else tcp_syn_retries.
+
+    >>> syn_schedule(6, 4).sends
+    (1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 11.0, 19.0, 35.0, 67.0)
+    >>> syn_schedule(6, 4).gives_up_s, syn_schedule(2, 4).gives_up_s
+    (131.0, 7.0)
+    """
+    max_retx = retries + linear
+    budget = model_timeout(retries, rto, rto_max)
+    t, cur = 0.0, rto
+    sends: list[float] = []
+    while True:
+        t += cur
+        if len(sends) >= max_retx or (sends and t >= budget - 1e-9):
+            return Schedule(tuple(round(x, 3) for x in sends), round(t, 3))
+        sends.append(t)
+        if len(sends) > linear:
+            cur = min(cur * 2, rto_max)
+
+
+#: Linux timers never fire early and usually a little late: jiffies, and the timer wheel
+#: (kernel/time/timer.c) rounds a timeout up to its level's granularity, at most about
+#: 1/8 of the timeout. The schedules are computed at both ends of that range.
+LATE_MIN, LATE_MAX = 1.001, 1.125
+
+
+def retransmit_schedule(
+    retries: int,
+    rto: float,
+    rto_max: float = TCP_RTO_MAX_S,
+    base: float = TCP_RTO_MIN_S,
+    late: float = LATE_MIN,
+) -> Schedule:
+    """Unacknowledged data on an established connection (tcp_retries2, orphan retries).
+
+    tcp_write_timeout() -> retransmits_timed_out(): expired when the time since the first
+    timeout retransmission (tp->retrans_stamp, set by tcp_retransmit_skb() from the
+    segment's new send time) reaches tcp_model_timeout(retries, TCP_RTO_MIN), checked
+    each time the retransmission timer fires, before it retransmits. The timer starts at
+    the connection's RTO and doubles up to TCP_RTO_MAX (tcp_retransmit_timer). A count
+    of retransmissions is never compared. `late` scales every timeout (timer slack); a
+    tail loss probe (tcp_early_retrans) may add one probe before the first timeout.
+    """
+    budget = model_timeout(retries, base, rto_max)
+    t, cur = 0.0, rto
+    sends: list[float] = []
+    while True:
+        t += cur * late
+        if sends and t - sends[0] >= budget - 1e-9:
+            return Schedule(tuple(round(x, 3) for x in sends), round(t, 3))
+        sends.append(t)
+        cur = min(cur * 2, rto_max)
+
+
+def retransmit_outcome(retries: int, rto: float, rto_max: float = TCP_RTO_MAX_S) -> str:
+    """'fails with ETIMEDOUT at T after N retransmissions', or both outcomes when the
+    budget ends within a timer's slack of a timeout (then which one happens depends on
+    how late that timer fires)."""
+    a = retransmit_schedule(retries, rto, rto_max, late=LATE_MIN)
+    b = retransmit_schedule(retries, rto, rto_max, late=LATE_MAX)
+    first = f"after {_retx(a.retransmissions)}, at about {duration(a.gives_up_s)}"
+    if a.retransmissions == b.retransmissions:
+        return f"{first} ({duration(b.gives_up_s)} if every timer fires 1/8 late)"
+    return (
+        f"{first}, or after {_retx(b.retransmissions)} at about {duration(b.gives_up_s)}: "
+        "the budget ends within a timer's slack of a timeout"
+    )
+
+
+def _retx(n: int) -> str:
+    return f"{n} retransmission" if n == 1 else f"{n} retransmissions"
+
+
+@dataclass(frozen=True)
+class FinWait2:
+    """An orphaned FIN_WAIT2 socket's life: first on the keepalive timer (only when the
+    lifetime exceeds TIME_WAIT's 60 s), then as a FIN_WAIT2 timewait mini-socket."""
+
+    fin_time_s: float
+    keepalive_s: float
+    minisock_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.keepalive_s + self.minisock_s
+
+
+def fin_wait2(fin_timeout: float, rto: float) -> FinWait2:
+    """include/net/tcp.h tcp_fin_time(): max(tcp_fin_timeout, 3.5 x RTO). At or below 60 s
+    the orphan becomes a FIN_WAIT2 mini-socket for that long (tcp_rcv_state_process ->
+    tcp_time_wait). Above 60 s it first stays a full socket on the keepalive timer for
+    fin_time - 60 s; when that fires, tcp_keepalive_timer() turns it into a mini-socket
+    for fin_time - 60 s again (raised to 3.5 x RTO by tcp_time_wait()). So 90 gives
+    30 + 30 = 60 s, and 62 gives 2 + 2 = 4 s."""
+    floor = 3.5 * rto
+    tmo = max(float(fin_timeout), floor)
+    if tmo > TCP_TIMEWAIT_LEN_S:
+        rest = tmo - TCP_TIMEWAIT_LEN_S
+        return FinWait2(tmo, rest, max(rest, floor))
+    return FinWait2(tmo, 0.0, tmo)
+
+
+def listen_admits(backlog: int, somaxconn: int) -> int:
+    """Connections a listener that never calls accept() completes: the backlog is clamped
+    to somaxconn (__sys_listen), and sk_acceptq_is_full() tests `>`, so one more fits."""
+    return max(0, min(backlog, somaxconn)) + 1
+
+
+def keepalive_dead_after(time_s: int, intvl_s: int, probes: int) -> int:
+    """tcp_keepalive_timer(): first probe after `time_s` idle, then one every `intvl_s`;
+    the connection fails (ETIMEDOUT) when `probes` have gone unanswered, which the timer
+    notices `intvl_s` after the last one: time + probes x intvl."""
+    return time_s + probes * intvl_s
+
+
+def orphan_retries(value: int, rto: float, rto_max: float = TCP_RTO_MAX_S) -> int:
+    """tcp_timer.c tcp_orphan_retries(): 0 means 8 while the RTO is below TCP_RTO_MAX."""
+    return 8 if value == 0 and rto < rto_max else value
+
+
+# -- formatting ---------------------------------------------------------------------------
+def duration(s: float) -> str:
+    """7.0 -> '7 s'; 1.764 -> '1.76 s'; 924.6 -> '925 s (15.4 min)'; 7875 -> '7,875 s (2.2 h)'."""
+    places = 2 if s < 10 else 1 if s < 100 else 0
+    text = f"{s:,.{places}f}".rstrip("0").rstrip(".") if places else f"{s:,.0f}"
+    text += " s"
+    if s >= 7200:
+        return f"{text} ({s / 3600:.1f} h)"
+    if s >= 120:
+        return f"{text} ({s / 60:.1f} min)"
+    return text
+
+
+def _count(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
+def _times(ts: tuple[float, ...]) -> str:
+    return ", ".join(f"{t:g}" for t in ts)
+
+
+def _rto(s: Settings) -> tuple[float, str]:
+    if s.rto_s is not None:
+        return s.rto_s, f"an RTO of {s.rto_s * 1000:g} ms (measured)"
+    floor = s.int("net.ipv4.tcp_rto_min_us")
+    rto = floor / 1e6 if floor else TCP_RTO_MIN_S
+    return rto, f"the RTO at its {rto * 1000:g} ms floor as on loopback"
+
+
+def _capped(s: Settings) -> str:
+    cap = _rto_max(s)
+    return "" if cap == TCP_RTO_MAX_S else f", capped at {cap:g} s,"
+
+
+def _rto_max(s: Settings) -> float:
+    ms = s.int("net.ipv4.tcp_rto_max_ms")
+    return ms / 1000 if ms else TCP_RTO_MAX_S
+
+
+Rule = Callable[[Settings], str]
+RULES: dict[str, Rule] = {}
+
+
+def rule(name: str) -> Callable[[Rule], Rule]:
+    def register(f: Rule) -> Rule:
+        RULES[name] = f
+        return f
+
+    return register
+
+
+def here(name: str, s: Settings) -> str | None:
+    """The sentence for `name`, or None when the setting (or one it needs) is unreadable."""
+    f = RULES.get(name)
+    if f is None or s.raw.get(name) is None:
+        return None
+    try:
+        return f(s)
+    except (TypeError, ValueError):  # a value of a shape this rule does not know
+        return None
+
+
+def _need(v: int | None) -> int:
+    if v is None:
+        raise ValueError("setting unreadable")
+    return v
+
+
+# -- listen() and the handshake -----------------------------------------------------------
+@rule("net.core.somaxconn")
+def somaxconn(s: Settings) -> str:
+    m = _need(s.int("net.core.somaxconn"))
+    return (
+        f"listen(n) is clamped to {m:,}: a listener that does not accept() completes "
+        f"min(n, {m:,}) + 1 connections (listen(128): {listen_admits(128, m):,}); "
+        "further SYNs are dropped"
+    )
+
+
+@rule("net.ipv4.tcp_max_syn_backlog")
+def tcp_max_syn_backlog(s: Settings) -> str:
+    m = _need(s.int("net.ipv4.tcp_max_syn_backlog"))
+    cookies = s.int("net.ipv4.tcp_syncookies")
+    if cookies == 0:
+        return (
+            f"syncookies off: once more than {m - (m >> 2):,} requests of one listener are "
+            "half-open, SYNs from peers without TCP metrics history are dropped; the listen "
+            "backlog still caps half-open requests"
+        )
+    return (
+        f"unused while tcp_syncookies is {cookies}: the listen backlog alone bounds a "
+        "listener's half-open requests (tcp_conn_request)"
+    )
+
+
+@rule("net.ipv4.tcp_syncookies")
+def tcp_syncookies(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_syncookies"))
+    # inet_csk_reqsk_queue_is_full() compares the request count with the listen backlog
+    # using `>` on the kernels measured (6.18): backlog + 1 requests are kept.
+    full = "once a listener holds more half-open requests than its listen backlog"
+    if v == 0:
+        return f"off: {full}, further SYNs are dropped"
+    lost = "window scaling and SACK survive only with timestamps, MSS from a table of 4"
+    if v == 1:
+        return f"{full}, further SYNs get a cookie instead of a queued request ({lost})"
+    return f"every SYN gets a cookie, no request is queued ({lost})"
+
+
+@rule("net.ipv4.tcp_abort_on_overflow")
+def tcp_abort_on_overflow(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_abort_on_overflow"))
+    if v == 0:
+        return (
+            "a final ACK that meets a full accept queue is dropped and the request kept: the "
+            "SYN-ACK is resent and a later ACK completes it if there is room; SYNs that meet "
+            "a full queue are dropped"
+        )
+    return (
+        "a half-open request whose final ACK meets a full accept queue is reset; SYNs that "
+        "meet a full queue are still dropped, and a cookie ACK that meets one is dropped "
+        "silently (that client thinks it is connected)"
+    )
+
+
+@rule("net.ipv4.tcp_syn_retries")
+def tcp_syn_retries(s: Settings) -> str:
+    n = _need(s.int("net.ipv4.tcp_syn_retries"))
+    lin = s.int("net.ipv4.tcp_syn_linear_timeouts")
+    sch = syn_schedule(n, lin or 0, rto_max=_rto_max(s))
+    budget = model_timeout(n, TCP_TIMEOUT_INIT_S, _rto_max(s))
+    linear = f" and tcp_syn_linear_timeouts {lin}" if lin is not None else " (no linear timeouts)"
+    return (
+        f"a time budget of {duration(budget)} from the first SYN, with initial RTO 1 s{linear}: "
+        f"an unanswered connect() retransmits {_count(sch.retransmissions)} (at "
+        f"{_times(sch.sends)} s) and fails with ETIMEDOUT at {duration(sch.gives_up_s)}"
+    )
+
+
+@rule("net.ipv4.tcp_syn_linear_timeouts")
+def tcp_syn_linear_timeouts(s: Settings) -> str:
+    lin = _need(s.int("net.ipv4.tcp_syn_linear_timeouts"))
+    n = s.int("net.ipv4.tcp_syn_retries")
+    tail = (
+        f"; with tcp_syn_retries {n} it also adds {lin} to the retransmission cap ({n + lin})"
+        if n is not None
+        else ""
+    )
+    return (
+        f"the initial 1 s SYN timeout and the next {lin} stay at 1 s ({lin + 1} timeouts), "
+        f"later ones double{tail}"
+    )
+
+
+@rule("net.ipv4.tcp_synack_retries")
+def tcp_synack_retries(s: Settings) -> str:
+    n = _need(s.int("net.ipv4.tcp_synack_retries"))
+    sch = synack_schedule(n)
+    return (
+        f"an unacknowledged SYN-ACK is resent {n} times (at {_times(sch.sends)} s) and the "
+        f"request dropped at {duration(sch.gives_up_s)} (reqsk_timer_handler; fewer when "
+        "more than half the listen backlog is half-open)"
+    )
+
+
+def synack_schedule(retries: int, rto: float = TCP_TIMEOUT_INIT_S) -> Schedule:
+    """A half-open request's SYN-ACK resends (inet_connection_sock.c reqsk_timer_handler):
+    the timer starts at 1 s and doubles (reqsk_timeout), and the request is dropped when
+    it fires with num_timeout already at tcp_synack_retries (syn_ack_recalc). A SYN
+    retransmitted by the client also triggers a resend, outside this schedule."""
+    sends = tuple(rto * ((1 << (i + 1)) - 1) for i in range(retries))
+    return Schedule(sends, rto * ((1 << (retries + 1)) - 1))
+
+
+# -- retransmission and keepalive timers ----------------------------------------------------
+@rule("net.ipv4.tcp_retries1")
+def tcp_retries1(s: Settings) -> str:
+    n = _need(s.int("net.ipv4.tcp_retries1"))
+    return (
+        f"after {duration(model_timeout(n, TCP_RTO_MIN_S, _rto_max(s)))} of unacknowledged "
+        "retransmissions (budget from 200 ms doubling) the route is re-checked and path MTU "
+        "probing may "
+        "start; the connection goes on"
+    )
+
+
+@rule("net.ipv4.tcp_retries2")
+def tcp_retries2(s: Settings) -> str:
+    n = _need(s.int("net.ipv4.tcp_retries2"))
+    rto, where = _rto(s)
+    return (
+        f"a time budget of {duration(model_timeout(n, TCP_RTO_MIN_S, _rto_max(s)))} from the "
+        "first "
+        f"timeout retransmission (what {n} timeouts doubling from 200 ms{_capped(s)} add up "
+        "to); with "
+        f"{where}, unacknowledged data fails with ETIMEDOUT "
+        f"{retransmit_outcome(n, rto, _rto_max(s))}"
+    )
+
+
+@rule("net.ipv4.tcp_orphan_retries")
+def tcp_orphan_retries(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_orphan_retries"))
+    rto, where = _rto(s)
+    n = orphan_retries(v, rto, _rto_max(s))
+    zero = " (0 means 8)" if v == 0 else ""
+    return (
+        f"a closed socket whose data or FIN goes unacknowledged uses {n}{zero} instead of "
+        f"tcp_retries2: with {where} it is dropped {retransmit_outcome(n, rto, _rto_max(s))}"
+    )
+
+
+@rule("net.ipv4.tcp_keepalive_time")
+def tcp_keepalive_time(s: Settings) -> str:
+    t = _need(s.int("net.ipv4.tcp_keepalive_time"))
+    i, p = s.int("net.ipv4.tcp_keepalive_intvl"), s.int("net.ipv4.tcp_keepalive_probes")
+    dead = (
+        f"; a silent peer is detected after {duration(keepalive_dead_after(t, i, p))}"
+        if i is not None and p is not None
+        else ""
+    )
+    return (
+        f"only with SO_KEEPALIVE (TCP_KEEPIDLE overrides): the first probe after "
+        f"{duration(t)} idle{dead}"
+    )
+
+
+@rule("net.ipv4.tcp_keepalive_intvl")
+def tcp_keepalive_intvl(s: Settings) -> str:
+    i = _need(s.int("net.ipv4.tcp_keepalive_intvl"))
+    return f"unanswered keepalive probes are repeated every {duration(i)} (TCP_KEEPINTVL overrides)"
+
+
+@rule("net.ipv4.tcp_keepalive_probes")
+def tcp_keepalive_probes(s: Settings) -> str:
+    p = _need(s.int("net.ipv4.tcp_keepalive_probes"))
+    t, i = s.int("net.ipv4.tcp_keepalive_time"), s.int("net.ipv4.tcp_keepalive_intvl")
+    total = (
+        f": ETIMEDOUT {duration(keepalive_dead_after(t, i, p))} after the last data "
+        f"({t} + {p} x {i} s)"
+        if t is not None and i is not None
+        else ""
+    )
+    return (
+        f"{p} unanswered probes end the connection{total}; while data is unacknowledged "
+        "tcp_retries2 applies instead (TCP_KEEPCNT overrides)"
+    )
+
+
+@rule("net.ipv4.tcp_rto_min_us")
+def tcp_rto_min_us(s: Settings) -> str:
+    us = _need(s.int("net.ipv4.tcp_rto_min_us"))
+    return (
+        f"no RTO below {us / 1000:g} ms unless a route's rto_min sets another; on loopback the "
+        f"RTO sits at this floor, so the FIN_WAIT2 floor is {3.5 * us / 1e6:g} s (3.5 x RTO)"
+    )
+
+
+@rule("net.ipv4.tcp_rto_max_ms")
+def tcp_rto_max_ms(s: Settings) -> str:
+    ms = _need(s.int("net.ipv4.tcp_rto_max_ms"))
+    return (
+        f"retransmission timeouts double up to {ms / 1000:g} s, not beyond, and the time "
+        "budgets of tcp_retries2 and tcp_syn_retries are computed with this cap"
+    )
+
+
+# -- closing: FIN_WAIT2, TIME_WAIT, orphans --------------------------------------------------
+@rule("net.ipv4.tcp_fin_timeout")
+def tcp_fin_timeout(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_fin_timeout"))
+    rto, where = _rto(s)
+    fw = fin_wait2(v, rto)
+    if v < 3.5 * rto:
+        head = (
+            f"{duration(fw.fin_time_s)}: tcp_fin_timeout {v} s raised to 3.5 x RTO = "
+            f"{duration(fw.fin_time_s)}, with {where}"
+        )
+    else:
+        head = duration(fw.fin_time_s)
+    if fw.keepalive_s:
+        return (
+            f"an orphaned FIN_WAIT2 socket lives {duration(fw.total_s)}, not {v} s: "
+            f"{duration(fw.keepalive_s)} on the keepalive timer, then "
+            f"{duration(fw.minisock_s)} as a FIN_WAIT2 mini-socket; TIME_WAIT stays 60 s"
+        )
+    return (
+        f"an orphaned FIN_WAIT2 socket lives {head}, as a FIN_WAIT2 mini-socket; "
+        "TIME_WAIT stays 60 s"
+    )
+
+
+@rule("net.ipv4.tcp_max_tw_buckets")
+def tcp_max_tw_buckets(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_max_tw_buckets"))
+    if v == 0:
+        return (
+            "no TIME_WAIT (or FIN_WAIT2 mini-) socket is ever created in this namespace: a "
+            "closing socket is freed at once (TCPTimeWaitOverflow counts each)"
+        )
+    return (
+        f"at most {v:,} TIME_WAIT and FIN_WAIT2 mini-sockets at once in this namespace; past "
+        "that a closing socket skips them and is freed (TCPTimeWaitOverflow)"
+    )
+
+
+@rule("net.ipv4.tcp_max_orphans")
+def tcp_max_orphans(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_max_orphans"))
+    return (
+        f"past {v:,} closed-but-unfinished sockets on the host, the kernel resets an orphan "
+        "instead of finishing its close (tcp_out_of_resources: 'too many orphaned sockets')"
+    )
+
+
+@rule("net.ipv4.tcp_tw_reuse")
+def tcp_tw_reuse(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_tw_reuse"))
+    delay = s.int("net.ipv4.tcp_tw_reuse_delay")
+    age = f"{delay:,} ms" if delay is not None else "1 s"
+    if v == 0:
+        return (
+            "off: connect() without bind() never picks a local port whose 4-tuple is in "
+            "TIME_WAIT (an explicit bind() + connect() can still take one over)"
+        )
+    which = "any destination" if v == 1 else "loopback connections only"
+    if s.int("net.ipv4.tcp_timestamps") == 0:
+        return (
+            f"allowed ({which}) but without effect: tcp_timestamps is 0, so no new "
+            "connection's TIME_WAIT carries the timestamps reuse needs"
+        )
+    return (
+        f"connect() may take over a TIME_WAIT 4-tuple ({which}) when the old connection "
+        f"used TCP timestamps and entered TIME_WAIT at least {age} ago; bind() is unaffected"
+    )
+
+
+@rule("net.ipv4.tcp_tw_reuse_delay")
+def tcp_tw_reuse_delay(s: Settings) -> str:
+    d = _need(s.int("net.ipv4.tcp_tw_reuse_delay"))
+    reuse = s.int("net.ipv4.tcp_tw_reuse")
+    if reuse == 0:
+        cond = "; unused while tcp_tw_reuse is 0"
+    elif s.int("net.ipv4.tcp_timestamps") == 0:
+        cond = "; unused while tcp_timestamps is 0 (reuse needs the old connection's timestamps)"
+    else:
+        cond = " (only where tcp_tw_reuse allows reuse and the old connection used timestamps)"
+    return f"a TIME_WAIT socket is reusable {d:,} ms after it entered TIME_WAIT{cond}"
+
+
+@rule("net.ipv4.tcp_rfc1337")
+def tcp_rfc1337(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_rfc1337"))
+    if v == 0:
+        return "an in-window RST ends a TIME_WAIT socket early (tcp_timewait_state_process)"
+    return "RSTs are ignored in TIME_WAIT: it always lasts 60 s (RFC 1337)"
+
+
+@rule("net.ipv4.tcp_migrate_req")
+def tcp_migrate_req(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_migrate_req"))
+    if v == 0:
+        return "off: closing one SO_REUSEPORT listener resets the clients queued on it"
+    return "on: closing one SO_REUSEPORT listener moves its queued clients to another"
+
+
+# -- options negotiated in the handshake ----------------------------------------------------
+@rule("net.ipv4.tcp_timestamps")
+def tcp_timestamps(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_timestamps"))
+    if v == 0:
+        return "off: no timestamps in new connections, so tcp_tw_reuse and PAWS cannot apply"
+    offset = "with a random offset per connection" if v == 1 else "without a random offset"
+    return f"offered in every SYN, {offset}; used when the peer offers them too"
+
+
+@rule("net.ipv4.tcp_window_scaling")
+def tcp_window_scaling(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_window_scaling"))
+    if v == 0:
+        return "off: the receive window is capped at 65,535 B whatever SO_RCVBUF says"
+    return "offered in every SYN: windows above 64 KiB when the peer agrees"
+
+
+@rule("net.ipv4.tcp_sack")
+def tcp_sack(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_sack"))
+    if v == 0:
+        return "off: a loss costs the whole tail after it, not only the lost segment"
+    return "offered in every SYN: the peer can report which segments arrived"
+
+
+@rule("net.ipv4.tcp_adv_win_scale")
+def tcp_adv_win_scale(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_adv_win_scale"))
+    if kernel_at_least(6, 6):
+        return (
+            f"obsolete since Linux 6.6: {v} has no effect; the advertised window follows "
+            "the overhead measured on received packets (tp->scaling_ratio)"
+        )
+    share = f"1/{2**v}" if v > 0 else f"all but 1/{2**-v}" if v < 0 else "none"
+    return f"{share} of the receive buffer is counted as overhead, not window"
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    """Whether the running kernel's release is major.minor or later (False off Linux)."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release if hasattr(os, "uname") else "")
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
+
+
+# -- sending and receiving --------------------------------------------------------------------
+@rule("net.ipv4.tcp_autocorking")
+def tcp_autocorking(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_autocorking"))
+    if v == 0:
+        return "off: each small write leaves as soon as Nagle allows"
+    return (
+        "on: a small write waits while an earlier packet of this socket is still in the "
+        "qdisc or device queue"
+    )
+
+
+@rule("net.ipv4.tcp_notsent_lowat")
+def tcp_notsent_lowat(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_notsent_lowat"))
+    if v >= 2**31 - 1 or v <= 0:
+        return (
+            "no limit: poll() reports writable while SO_SNDBUF has room (TCP_NOTSENT_LOWAT unset)"
+        )
+    return f"poll() reports a socket writable only while under {v:,} B are unsent"
+
+
+@rule("net.ipv4.tcp_slow_start_after_idle")
+def tcp_slow_start_after_idle(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_slow_start_after_idle"))
+    if v == 0:
+        return "off: a connection keeps its congestion window across idle periods"
+    return (
+        "a connection idle longer than its RTO has its congestion window halved per idle "
+        "RTO, down to the initial window (tcp_cwnd_restart)"
+    )
+
+
+@rule("net.ipv4.tcp_moderate_rcvbuf")
+def tcp_moderate_rcvbuf(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.tcp_moderate_rcvbuf"))
+    rmem = s.ints("net.ipv4.tcp_rmem")
+    top = f" up to {rmem[2]:,} B" if len(rmem) == 3 else ""
+    if v == 0:
+        return "off: a TCP receive buffer stays at its initial size"
+    return f"a TCP receive buffer grows with the transfer{top}, unless SO_RCVBUF was set on it"
+
+
+@rule("net.ipv4.tcp_congestion_control")
+def tcp_congestion_control(s: Settings) -> str:
+    return f"new TCP sockets start with {_need_text(s, 'net.ipv4.tcp_congestion_control')}"
+
+
+@rule("net.ipv4.tcp_available_congestion_control")
+def tcp_available_congestion_control(s: Settings) -> str:
+    v = _need_text(s, "net.ipv4.tcp_available_congestion_control").split()
+    return f"{len(v)} loaded; TCP_CONGESTION can pick one of them"
+
+
+@rule("net.ipv4.tcp_allowed_congestion_control")
+def tcp_allowed_congestion_control(s: Settings) -> str:
+    v = _need_text(s, "net.ipv4.tcp_allowed_congestion_control").split()
+    return f"{len(v)} may be set with TCP_CONGESTION without CAP_NET_ADMIN: {', '.join(v)}"
+
+
+def _need_text(s: Settings, name: str) -> str:
+    v = s.text(name)
+    if v is None:
+        raise ValueError(name)
+    return v
+
+
+# -- ports and addresses -------------------------------------------------------------------
+def reserved_ports(v: str) -> int:
+    """Count the ports in an ip_local_reserved_ports list: '8080,9000-9009' -> 11."""
+    n = 0
+    for part in v.replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            n += (int(hi) if hi else int(lo)) - int(lo) + 1
+        except ValueError:
+            continue
+    return n
+
+
+@rule("net.ipv4.ip_local_port_range")
+def ip_local_port_range(s: Settings) -> str:
+    lo, hi = s.ints("net.ipv4.ip_local_port_range")
+    res = reserved_ports(s.text("net.ipv4.ip_local_reserved_ports") or "")
+    return (
+        f"bind(port 0) and connect() pick from {hi - lo + 1 - res:,} ports ({lo}-{hi}"
+        + (f", minus {res:,} reserved" if res else "")
+        + ")"
+    )
+
+
+@rule("net.ipv4.ip_local_reserved_ports")
+def ip_local_reserved_ports(s: Settings) -> str:
+    n = reserved_ports(s.text("net.ipv4.ip_local_reserved_ports") or "")
+    if n == 0:
+        return "none reserved"
+    return f"{n:,} ports skipped by bind(port 0) and connect(); an explicit bind() still works"
+
+
+@rule("net.ipv4.ip_unprivileged_port_start")
+def ip_unprivileged_port_start(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.ip_unprivileged_port_start"))
+    if v == 0:
+        return "every port may be bound without CAP_NET_BIND_SERVICE"
+    return f"ports below {v} need CAP_NET_BIND_SERVICE (root)"
+
+
+@rule("net.ipv4.ip_nonlocal_bind")
+def ip_nonlocal_bind(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.ip_nonlocal_bind"))
+    if v == 0:
+        return "bind() to an IPv4 address no interface has fails with EADDRNOTAVAIL"
+    return "bind() to an IPv4 address no interface has succeeds (IP_FREEBIND for every socket)"
+
+
+@rule("net.ipv6.bindv6only")
+def bindv6only(s: Settings) -> str:
+    v = _need(s.int("net.ipv6.bindv6only"))
+    if v == 0:
+        return "a new IPv6 socket is dual-stack: [::]:p also holds IPv4 port p"
+    return "a new IPv6 socket is IPv6-only: [::]:p leaves IPv4 port p free"
+
+
+# -- buffers ----------------------------------------------------------------------------------
+@rule("net.core.rmem_default")
+def rmem_default(s: Settings) -> str:
+    v = _need(s.int("net.core.rmem_default"))
+    return f"a new UDP or UNIX socket's SO_RCVBUF is {v:,} B (payload plus per-packet overhead)"
+
+
+@rule("net.core.wmem_default")
+def wmem_default(s: Settings) -> str:
+    v = _need(s.int("net.core.wmem_default"))
+    return f"a new UDP or UNIX socket's SO_SNDBUF is {v:,} B"
+
+
+@rule("net.core.rmem_max")
+def rmem_max(s: Settings) -> str:
+    v = _need(s.int("net.core.rmem_max"))
+    return f"setsockopt(SO_RCVBUF, n) keeps min(n, {v:,}) and doubles it: at most {2 * v:,} B"
+
+
+@rule("net.core.wmem_max")
+def wmem_max(s: Settings) -> str:
+    v = _need(s.int("net.core.wmem_max"))
+    return f"setsockopt(SO_SNDBUF, n) keeps min(n, {v:,}) and doubles it: at most {2 * v:,} B"
+
+
+def _triple(name: str, kind: str, s: Settings) -> str:
+    lo, default, hi = s.ints(name)
+    return (
+        f"a new TCP socket starts at {default:,} B; {kind} autotuning moves it within "
+        f"{lo:,}-{hi:,} B"
+    )
+
+
+@rule("net.ipv4.tcp_rmem")
+def tcp_rmem(s: Settings) -> str:
+    return _triple("net.ipv4.tcp_rmem", "receive", s)
+
+
+@rule("net.ipv4.tcp_wmem")
+def tcp_wmem(s: Settings) -> str:
+    return _triple("net.ipv4.tcp_wmem", "send", s)
+
+
+def _page() -> int:
+    return os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@rule("net.ipv4.udp_mem")
+def udp_mem(s: Settings) -> str:
+    _lo, mid, hi = (x * _page() / 2**20 for x in s.ints("net.ipv4.udp_mem"))
+    return (
+        f"all UDP sockets of the host together: pressure at {mid:,.0f} MiB, none beyond "
+        f"{hi:,.0f} MiB (a single socket's limit is SO_RCVBUF)"
+    )
+
+
+@rule("net.unix.max_dgram_qlen")
+def max_dgram_qlen(s: Settings) -> str:
+    v = _need(s.int("net.unix.max_dgram_qlen"))
+    return (
+        f"a UNIX datagram socket queues {v + 1:,} datagrams from senders it is not connected "
+        "back to, then they block or get EAGAIN (a socketpair's peer is limited by "
+        "SO_SNDBUF only)"
+    )
