@@ -189,7 +189,8 @@ def test_findings_quote_measured_numbers(report):
     assert any(f"raised TimeoutError after {ms / 1000:.3f} s" in x for x in report.findings)
     # The headline says what the "black hole" is: a SYN dropped at a full accept queue.
     assert report.summary.startswith(
-        "connect() with settimeout(0.2) to a listener whose full accept queue drops its SYN"
+        "connect() with settimeout(0.2) to a full accept queue (SYN dropped, no answer): "
+        "TimeoutError after"
     )
     assert all(ep["local"].startswith("127.0.0.1:") for ep in report.endpoints)
 

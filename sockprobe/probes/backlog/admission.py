@@ -468,9 +468,7 @@ def summary(rows: list[Row]) -> str:
     passed the preconditions in measure())."""
     est = [r.counts["established"] for r in rows]
     head = ", ".join(
-        f"listen({r.backlog}) admitted {plural(e, 'client')}"
-        if i == 0
-        else f"listen({r.backlog}) {e}"
+        f"listen({r.backlog}) admitted {e}" if i == 0 else f"listen({r.backlog}) {e}"
         for i, (r, e) in enumerate(zip(rows, est))
     )
     plus_one = all(r.effective is not None and e == r.effective + 1 for r, e in zip(rows, est))
@@ -478,10 +476,10 @@ def summary(rows: list[Row]) -> str:
     refused = sum(r.counts["refused"] for r in rows)
     other = sum(r.counts["other"] for r in rows)
     tail = (
-        f"; the other {plural(waiting, 'client')} {'was' if waiting == 1 else 'were'} left "
-        "in SYN_SENT (SYN dropped)"
+        f"; {plural(waiting, 'other client')} waited in SYN_SENT (SYN dropped)"
         if waiting
         else "; no client was left waiting"
     )
     tail += f", {refused} refused" + (f", {other} ended otherwise" if other else "")
-    return head + (" (effective backlog + 1 each)" if plus_one else "") + tail
+    each = " each" if len(rows) > 1 else ""
+    return head + (f" (backlog + 1{each})" if plus_one else "") + tail

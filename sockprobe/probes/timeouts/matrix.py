@@ -281,21 +281,23 @@ def findings(
         )
 
 
+def _bare(a: Attempt) -> str:
+    """The result without "raised ": short, for the headline."""
+    return with_errno(a).removeprefix("raised ")
+
+
 def summary_parts(p: Params, results: list[CaseResult]) -> list[str]:
     by = {(r.case.op, r.case.call, r.case.mode): r for r in results}
     parts = []
     hole = by.get(("connect-full-queue", "connect", "timeout"))
     if hole is not None:
         parts.append(
-            f"connect() with settimeout({p.op_timeout:g}) to a listener whose full accept "
-            f"queue drops its SYN (so nothing answers): {with_errno(hole.attempt)} after "
-            f"{hole.attempt.elapsed_s:.3f} s"
+            f"connect() with settimeout({p.op_timeout:g}) to a full accept queue (SYN "
+            f"dropped, no answer): {_bare(hole.attempt)} after {hole.attempt.elapsed_s:.3f} s"
         )
     kr = by.get(("recv", "recv", "sockopt"))
     if kr is not None:
-        parts.append(
-            f"SO_RCVTIMEO recv: {with_errno(kr.attempt)} after {kr.attempt.elapsed_s:.3f} s"
-        )
+        parts.append(f"SO_RCVTIMEO recv: {_bare(kr.attempt)} after {kr.attempt.elapsed_s:.3f} s")
     blocked = sum(r.attempt.woken_after is not None for r in results)
-    parts.append(f"{plural(len(results), 'case')}, {blocked} blocked until shutdown()")
+    parts.append(f"{plural(len(results), 'case')}, {blocked} woken by shutdown()")
     return parts
