@@ -350,3 +350,14 @@ def test_low_rlimit_nofile_is_unsupported_naming_the_limit(limit: int) -> None:
     assert proc.returncode == 3, proc.stderr
     assert f"RLIMIT_NOFILE soft {limit}, hard {limit}" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+def test_namespace_small_port_range_is_unsupported_naming_it(netns: Any) -> None:
+    """Ten ephemeral ports cannot hold 44 cases side by side: exit 3 naming the range,
+    not an 'unexpected socket error'."""
+    proc = netns.in_netns(
+        args=["timeouts", "--json"], sysctls={"net.ipv4.ip_local_port_range": "40000 40009"}
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "ephemeral port range 40000-40009" in proc.stderr and proc.stdout.strip() == ""
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -22,7 +22,7 @@ from typing import Any
 from sockprobe import kernel
 from sockprobe.kernel import synretry
 from sockprobe.kernel.netif import loopback_down_reason
-from sockprobe.lab import Lab, Worker, resolve_host
+from sockprobe.lab import Lab, Worker, cannot_run, resolve_host
 from sockprobe.probes import Stopwatch
 from sockprobe.probes.timeouts import facts, matrix
 from sockprobe.probes.timeouts.calls import Waker
@@ -71,6 +71,19 @@ def _no_descriptor(exc: OSError, n_cases: int) -> str:
     return (
         f"out of file descriptors ({oserror_text(exc)}): RLIMIT_NOFILE soft {shown[0]}, "
         f"hard {shown[1]}; the {n_cases} cases run side by side, a few sockets each"
+    )
+
+
+def _no_port(exc: OSError, n_cases: int) -> str:
+    """The cause, once the run's own sockets are closed (so the range is counted as it
+    is now, beside the run's need)."""
+    from sockprobe.kernel.ephemeral import ephemeral_use
+
+    use = ephemeral_use()
+    where = use.describe() if use is not None else "the ephemeral port range is not readable"
+    return (
+        f"no free local port ({oserror_text(exc)}) while the {n_cases} cases ran side by "
+        f"side, a few ephemeral ports each; now that they are closed, {where}"
     )
 
 
@@ -132,6 +145,12 @@ def run(params: Params) -> Report:
         # A worker's error is re-raised here by join(); the Lab has closed everything.
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise Unsupported(_no_descriptor(exc, len(cases))) from None
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            # bind(port 0) or connect() found no free local port: the range, not --host.
+            raise Unsupported(_no_port(exc, len(cases))) from None
+        unsupported = cannot_run(exc, host, "running the matrix")
+        if unsupported is not None:
+            raise unsupported from None
         raise
     overflows1 = _listen_overflows()
     done = [r for r in results if r is not None]
