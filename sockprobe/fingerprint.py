@@ -81,7 +81,13 @@ class Fingerprint:
                 t.add(o.name, f"exit {int(o.status)}", round(o.duration_s, 2), o.error)
         ran = len(self.outcomes) - len(self.failed)
         rep.summary = f"{ran} of {len(self.outcomes)} probes ran in {self.duration_s:.1f} s"
-        rep.findings = [f"{o.name} could not run: {o.error}" for o in self.failed]
+        # One finding per cause: an exhausted port range stops every probe alike.
+        by_error: dict[str, list[str]] = {}
+        for o in self.failed:
+            by_error.setdefault(o.error, []).append(o.name)
+        rep.findings = [
+            f"{', '.join(names)} could not run: {error}" for error, names in by_error.items()
+        ]
 
         rep.environment = environment()
         rep.duration_s = self.duration_s
