@@ -217,7 +217,9 @@ def _collect_child(
     took = time.monotonic() - started
     if proc.returncode == 0:
         try:
-            return Outcome(name, report_from_dict(json.loads(out)), ExitStatus.OK, duration_s=took)
+            report = report_from_dict(json.loads(out))
+            # The probe's own time, not the time it waited to be collected.
+            return Outcome(name, report, ExitStatus.OK, duration_s=report.duration_s)
         except (ValueError, KeyError, TypeError) as exc:
             return Outcome(name, None, ExitStatus.FAILURE, f"unreadable report: {exc}", took)
     message = (err.strip().splitlines() or ["no message"])[-1].removeprefix("sockprobe: ")
