@@ -297,7 +297,9 @@ def add_params(parser: argparse.ArgumentParser, params_cls: type) -> list[str]:
             default=default,
             choices=spec.choices if spec is not None else None,
             metavar=_metavar(hint, spec, f.name),
-            help=f"{help_text} (default: {_default_text(default)}"
+            help=help_text
+            if "default" in help_text.lower()
+            else f"{help_text} (default: {_default_text(default)}"
             + (f"; {spec.const} when given alone" if spec is not None and spec.const else "")
             + ")",
             **kwargs,
@@ -682,7 +684,12 @@ def _run_port(ns: argparse.Namespace, params_cls: type, names: list[str], io: Ou
 
     kwargs = {n: getattr(ns, n) for n in names}
     quiet = bool(getattr(ns, "quiet", False))
+    fmt = "json" if ns.json else ns.format
     show = _progress_line(io) if io.progress_mode() and not quiet else None
+    if fmt == "jsonl" and getattr(ns, "wait", None) is not None and not quiet:
+        # `--wait --format jsonl`: one event per change of what holds the port, then
+        # the report, each a line of its own, for a script that follows along.
+        show = _event_stream(io, "wait")
     if show is not None:
         kwargs["progress"] = show
     if io.interactive():
@@ -696,6 +703,24 @@ def _run_port(ns: argparse.Namespace, params_cls: type, names: list[str], io: Ou
         extra = {**result.data, **({"actions": result.actions} if result.actions else {})}
         io.write(_render(result.report, ns, io, extra=extra))
     return int(result.exit_code)
+
+
+def _event_stream(io: Output, event: str) -> Callable[[str], None]:
+    import json
+    import time
+
+    t0 = time.monotonic()
+    last = [""]
+
+    def emit(text: str) -> None:
+        if text and text != last[0]:
+            io.write(
+                json.dumps({"event": event, "t_s": round(time.monotonic() - t0, 3), "text": text})
+                + "\n"
+            )
+        last[0] = text
+
+    return emit
 
 
 def _ask(io: Output) -> Callable[[str], bool]:

@@ -112,7 +112,7 @@ def require_local(host: Host, needs_ports: bool = True) -> None:
 
 
 def ephemeral_exhausted_text(host: Host) -> str:
-    """"no free ephemeral port on 127.0.0.1: the ephemeral port range 40000-40009
+    """ "no free ephemeral port on 127.0.0.1: the ephemeral port range 40000-40009
     (net.ipv4.ip_local_port_range, 10 ports) has 10 in use ..." from the kernel's range and
     sock_diag's count of the sockets holding it."""
     from sockprobe.kernel.ephemeral import ephemeral_use

@@ -125,6 +125,11 @@ def run(params: Params) -> Report:
                 row = admission.measure(lab, plan, params)
                 rows.append(row)
                 if params.retry_wait > 0:
+                    if params.progress is not None:
+                        params.progress(
+                            f"backlog: listen({row.backlog}): watching the waiting clients' "
+                            f"SYNs for {params.retry_wait:g} s"
+                        )
                     lst = next(s for s in lab.sockets if s.type == row.clients[0].sock.type)
                     waits.append(retries.watch(lab, lst, row, params.retry_wait))
                 report.endpoints.extend(lab.endpoints)

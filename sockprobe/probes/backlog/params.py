@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockprobe.options import option
@@ -35,6 +36,8 @@ SYSCTLS = (
 
 @dataclass(frozen=True)
 class Params(ProbeParams):
+    #: A line of text for the CLI to show during --retry-wait (stderr, terminal only).
+    progress: Callable[[str], None] | None = option(None, "", cli=False)  # noqa: RUF009
     backlogs: tuple[int, ...] = option(
         DEFAULT_BACKLOGS, "listen() backlogs to try.", flag="--backlog", metavar="N", item=int
     )
