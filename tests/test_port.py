@@ -394,6 +394,54 @@ def test_orphaned_socket_is_owned_by_no_process():
     assert row["pids"] == 0 and "owner closed it" in row["pid"].reason
 
 
+def test_connection_in_the_accept_queue_is_not_called_orphaned(holder):
+    """A connection the server has not accept()ed yet has inode 0 in sock_diag (no file
+    until accept: inet_csk_accept -> sock_graft) while ESTABLISHED: it waits in the
+    listener's queue; nobody closed it. Accepted, it gets the listener's process."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    p = lst.getsockname()[1]
+    with lst, socket.create_connection(("127.0.0.1", p), timeout=5) as c:
+        wait_for_state(p, 1)  # the server side is ESTABLISHED in the accept queue
+        queued = port(p, tcp=True).report.get("sockets").find(state="ESTABLISHED", remote=fmt(c))
+        assert queued["inode"] == 0 and queued["pids"] == 0
+        reason = queued["pid"].reason
+        assert "accept queue" in reason and "closed" not in reason
+        a, _ = lst.accept()
+        with a:
+            row = port(p, tcp=True).report.get("sockets").find(state="ESTABLISHED", remote=fmt(c))
+            assert row["pid"] == os.getpid() and row["inode"] != 0
+
+
+def fmt(s: socket.socket) -> str:
+    host, p = s.getsockname()[:2]
+    return f"{host}:{p}"
+
+
+@needs_ipv6
+def test_a_trial_on_one_ipv6_address_is_ipv6_only(holder):
+    """IPV6_V6ONLY decides coverage only for [::]: a bind to [::1] is IPv6-only whatever
+    net.ipv6.bindv6only says (__inet6_bind sets sk_ipv6only), so it is never called
+    dual-stack, and it succeeds beside an IPv4 listener on the same port."""
+    srv = holder("listen-on", str(free_port()))
+    p = srv.info["port"]
+    with socket.socket(socket.AF_INET6) as s:  # the kernel's own answer, independently
+        assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        s.bind(("::1", p))
+        assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    r = port(f"[::1]:{p}", tcp=True, check=True)
+    assert r.exit_code == 0
+    t = trial(r, "tcp", f"[::1]:{p}", "default (IPv6-only)")
+    assert t["plain"] == "ok" and t["check"]
+    assert "dual-stack" not in r.report.summary
+    assert any("IPv6-only whatever net.ipv6.bindv6only says" in f for f in r.report.findings)
+    # The wildcard's plain trial still reports what bindv6only gave it.
+    bv6 = kernel.sysctl_int("net.ipv6.bindv6only")
+    want = "IPv6-only" if bv6 else "dual-stack"
+    assert trial(port(p, tcp=True), "tcp", f"[::]:{p}", f"default ({want})")
+
+
 def test_proc_fallback_when_sock_diag_is_refused(holder, monkeypatch):
     h = holder("listen")
     p = h.info["port"]
@@ -803,6 +851,10 @@ def test_kill_signals_the_listener_and_spares_its_client(holder):
     assert srv.proc.wait(5) == -signal.SIGTERM
     assert client.proc.poll() is None  # the client is alive
     assert r.report.summary.startswith(f"--kill sent SIGTERM to pid {srv.pid}")
+    # What was measured before the signal says so, advice included.
+    assert all(f.startswith("Before --kill: ") for f in r.report.findings[1:])
+    assert any(f"Before --kill: LISTEN on tcp 127.0.0.1:{p}" in f for f in r.report.findings)
+    assert "before --kill" in r.report.get("sockets").title
     # The server accepted nothing, so the client's connection was reset or closed by
     # the kernel; no TIME_WAIT stays on p unless the server side closed first.
     assert r.exit_code == (0 if r.data["free"]["plain"] else 1)
