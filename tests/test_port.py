@@ -646,6 +646,12 @@ def test_every_target_form_parses():
         "UDP/53": (53, "udp", ""),
         "http": (http, "", ""),
         "http/tcp": (http, "tcp", ""),
+        # URLs as pasted from a browser or a config; no port: the scheme's service.
+        "http://127.0.0.1:8080/health": (8080, "", "127.0.0.1"),
+        "http://[::]:8080": (8080, "", "::"),
+        "http://0.0.0.0": (http, "", "0.0.0.0"),
+        "tcp://127.0.0.1:5432": (5432, "tcp", "127.0.0.1"),
+        "udp://[::1]:53": (53, "udp", "::1"),
     }
     for text, (p, proto, address) in cases.items():
         t = parse_target(text)
@@ -655,6 +661,7 @@ def test_every_target_form_parses():
     assert parse_target("/run/app.sock").unix == "/run/app.sock"
     assert parse_target("./app.sock").unix == "./app.sock"
     assert parse_target("@name").unix == "@name"
+    assert parse_target("unix:///run/app.sock").unix == "/run/app.sock"
 
 
 def test_an_address_in_the_target_sets_the_trial_address(holder):
@@ -674,7 +681,7 @@ def test_an_address_in_the_target_sets_the_trial_address(holder):
     assert r.exit_code == 0 and trial(r, "tcp", f"127.0.0.2:{p}")["check"] is True
     if can_ipv6():
         r = port(f"[::1]:{p}", tcp=True, check=True)
-        assert r.exit_code == 0 and trial(r, "tcp", f"[::1]:{p}", "default (dual-stack)")["check"]
+        assert r.exit_code == 0 and trial(r, "tcp", f"[::1]:{p}", "default (IPv6-only)")["check"]
 
 
 @pytest.mark.parametrize(
@@ -687,6 +694,8 @@ def test_an_address_in_the_target_sets_the_trial_address(holder):
         ["1.2.3.4.5:80"],
         ["[::1:80"],
         ["::1:80"],
+        ["http://127.0.0.1:99999"],
+        ["tcp://127.0.0.1"],
         ["/tmp/x.sock", "--tcp"],
         ["80", "--limit", "-1"],
         ["9" * 5000],
