@@ -831,10 +831,34 @@ def test_wait_with_reuseaddr_is_free_at_once_beside_a_reuseaddr_time_wait():
     assert r.exit_code == 0 and r.report.get("wait").rows[0]["held_by"] == "free"
 
 
-def test_wait_ctrl_c_exits_130(holder):
+WAIT_1S = ("--wait", "--deadline", "1", "-q")
+
+
+def test_bare_wait_on_a_held_port_answers_1_not_4(holder):
+    """Bare --wait waits until --deadline, less a moment for the report, so a port still
+    held at the end gives --wait's answer (exit 1), not "deadline ran out" (exit 4).
+    Through the real CLI, in a subprocess."""
+    h = holder("listen")
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "sockprobe", "port", str(h.info["port"]), *WAIT_1S],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(ROOT),
+        stdin=subprocess.DEVNULL,
+    )
+    took = time.monotonic() - t0
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "")
+    # It waited (most of the second), and the interpreter's start is all the rest.
+    assert 0.7 <= took < 1.0 + 0.25 + 2.0
+
+
+@pytest.mark.parametrize("entry", [["sockprobe.port"], ["sockprobe", "port"]])
+def test_wait_ctrl_c_exits_130(holder, entry):
     h = holder("listen")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sockprobe.port", str(h.info["port"]), "--wait", "30"],
+        [sys.executable, "-m", *entry, str(h.info["port"]), "--wait", "30"],
         cwd=str(ROOT),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

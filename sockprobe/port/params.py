@@ -210,7 +210,8 @@ class Params(ProbeParams):
     #: --deadline; otherwise at most this many seconds (the deadline grows to fit).
     wait: float | None = option(
         None,
-        "Wait until the check passes, at most SECONDS (bare --wait: until --deadline). "
+        "Wait until the check passes, at most SECONDS (bare --wait: until --deadline, less "
+        "up to 1 s kept for the report). "
         "Exit 0 when free, 1 at the timeout.",
         metavar="SECONDS",
         const=WAIT_UNTIL_DEADLINE,
