@@ -934,6 +934,9 @@ def test_kill_asks_and_a_no_signals_nothing(holder):
     r = port(h.info["port"], tcp=True, kill=True, confirm=no)
     assert asked and f"send SIGTERM to pid {h.pid}" in asked[0]
     assert r.exit_code == 1 and h.proc.poll() is None and "declined" in r.report.summary
+    # Nothing was sent, so the diagnosis is current: not labelled "before --kill".
+    assert not any("Before --kill" in f for f in r.report.findings)
+    assert "before --kill" not in r.report.get("sockets").title
 
 
 def test_kill_never_signals_sockprobe_itself():

@@ -65,8 +65,14 @@ def run_port(params: Params) -> PortResult:
     free = sc.free
     if params.kill:
         free = _kill(result, sc, deadline, free)
+    signalled = any(
+        a["action"] == "signal" and not str(a["result"]).startswith("declined")
+        for a in result.actions
+    )
     report.findings[:0] = found if not params.kill else []
-    if params.kill:
+    if params.kill and not signalled:
+        report.findings.extend(found)  # nothing was sent: the diagnosis is still current
+    elif params.kill:
         # The diagnosis was measured before the signal: say so, or its "Fix: stop pid N"
         # reads as advice about a port --kill has just freed.
         report.findings.extend(f"Before --kill: {_lower_first(f)}" for f in found)
@@ -83,7 +89,8 @@ def run_port(params: Params) -> PortResult:
 
 def _lower_first(sentence: str) -> str:
     """ "A plain bind..." -> "a plain bind..."; "LISTEN on..." and "UDP..." stay."""
-    if len(sentence) > 1 and sentence[0].isupper() and sentence[1].islower():
+    word = sentence.split(" ", 1)[0]
+    if word[:1].isupper() and (len(word) == 1 or not word[1:2].isupper()):
         return sentence[0].lower() + sentence[1:]
     return sentence
 
