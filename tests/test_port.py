@@ -408,6 +408,8 @@ def test_connection_in_the_accept_queue_is_not_called_orphaned(holder):
         assert queued["inode"] == 0 and queued["pids"] == 0
         reason = queued["pid"].reason
         assert "accept queue" in reason and "closed" not in reason
+        r = port(p, tcp=True)
+        assert any("1 not accept()ed yet" in f for f in r.report.findings)
         a, _ = lst.accept()
         with a:
             row = port(p, tcp=True).report.get("sockets").find(state="ESTABLISHED", remote=fmt(c))

@@ -217,7 +217,15 @@ def findings(sc: Scene) -> tuple[list[str], str]:
         mix = ", ".join(f"{n:,} {s}" for s, n in states.most_common())
         verb = "uses" if len(conns) == 1 else "use"
         if listeners:
-            f.append(f"{_n(len(conns), 'TCP connection')} {verb} local port {port}: {mix}.")
+            queued = sum(1 for h in conns if h.queued)
+            waiting = (
+                f" ({queued:,} not accept()ed yet: in the listener's accept queue)"
+                if queued
+                else ""
+            )
+            f.append(
+                f"{_n(len(conns), 'TCP connection')} {verb} local port {port}: {mix}{waiting}."
+            )
         else:
             shown_conns = [h for h in sc.shown if h.is_tcp and h.rank == 4 and not h.netns]
             owners = sorted({o for o, _ in _group(sc, shown_conns)})
