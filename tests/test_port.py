@@ -1116,6 +1116,12 @@ def test_socket_in_a_0700_directory_is_hidden_not_missing(holder, shared_copy):
     assert "hidden from this user" in doc["summary"] and "EACCES" in doc["summary"]
     assert f"{d} denies search permission" in doc["findings"][0]
     assert "no file" not in doc["summary"].lower()
+    # /proc/net/unix still lists the listener bound there (no permission check in
+    # unix_seq_show), so the finding says so, and the trials say why they were not run.
+    assert "/proc/net/unix lists 1 socket bound to it (listening)" in doc["findings"][0]
+    trials = next(t for t in doc["tables"] if t["id"] == "unix_trials")
+    bind = next(x for x in trials["rows"] if x["operation"] == "bind")
+    assert "EACCES" in bind["na"]["result"] and "no file" not in bind["na"]["result"]
 
 
 # -- UNIX socket paths ------------------------------------------------------------------------
