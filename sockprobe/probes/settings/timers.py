@@ -246,12 +246,12 @@ def _keepalive(lab: Lab, st: rules.Settings, s: socket.socket, port: int, out: l
 def add(report: Report, timers: list[Timer]) -> None:
     t = report.table(
         "timers",
-        "Timers of a loopback connection (measured now)",
+        "Timers of a loopback connection (measured now, and what the rules predict)",
         [
             col("check"),
             col("what"),
             col("measured", kind=VOLATILE),
-            col("expected", "expected from the rules", kind=VOLATILE),
+            col("expected", "expected", kind=VOLATILE),
             col("unit"),
             col("agrees"),
         ],
