@@ -1087,3 +1087,18 @@ def test_udp_mem_rule_follows_the_kernels_thresholds() -> None:
     assert f"{here:,} B" in (
         rules.here("net.ipv4.udp_rmem_min", rules.Settings(settings_table.raw_settings())) or ""
     )
+
+
+def test_lo_down_exits_3_naming_the_cause_and_no_measure_still_reads() -> None:
+    """With lo down a connect fails with ENETUNREACH: exit 3, one line naming the cause
+    and the check, and the way to read the settings without connecting (which works)."""
+    reason = runner.netns_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    proc = runner.in_netns(args=["kernel"], lo_up=False, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "ENETUNREACH" in line and "--no-measure reads the settings only" in line
+    code, doc, err = runner.sockprobe_json("kernel", "--no-measure", lo_up=False, timeout=60)
+    assert code == 0 and doc is not None, err
+    assert any(t["id"] == "settings" and t["rows"] for t in doc["tables"])
