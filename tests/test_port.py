@@ -394,6 +394,56 @@ def test_orphaned_socket_is_owned_by_no_process():
     assert row["pids"] == 0 and "owner closed it" in row["pid"].reason
 
 
+def test_connection_in_the_accept_queue_is_not_called_orphaned(holder):
+    """A connection the server has not accept()ed yet has inode 0 in sock_diag (no file
+    until accept: inet_csk_accept -> sock_graft) while ESTABLISHED: it waits in the
+    listener's queue; nobody closed it. Accepted, it gets the listener's process."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    p = lst.getsockname()[1]
+    with lst, socket.create_connection(("127.0.0.1", p), timeout=5) as c:
+        wait_for_state(p, 1)  # the server side is ESTABLISHED in the accept queue
+        queued = port(p, tcp=True).report.get("sockets").find(state="ESTABLISHED", remote=fmt(c))
+        assert queued["inode"] == 0 and queued["pids"] == 0
+        reason = queued["pid"].reason
+        assert "accept queue" in reason and "closed" not in reason
+        r = port(p, tcp=True)
+        assert any("1 not accept()ed yet" in f for f in r.report.findings)
+        a, _ = lst.accept()
+        with a:
+            row = port(p, tcp=True).report.get("sockets").find(state="ESTABLISHED", remote=fmt(c))
+            assert row["pid"] == os.getpid() and row["inode"] != 0
+
+
+def fmt(s: socket.socket) -> str:
+    host, p = s.getsockname()[:2]
+    return f"{host}:{p}"
+
+
+@needs_ipv6
+def test_a_trial_on_one_ipv6_address_is_ipv6_only(holder):
+    """IPV6_V6ONLY decides coverage only for [::]: a bind to [::1] is IPv6-only whatever
+    net.ipv6.bindv6only says (__inet6_bind sets sk_ipv6only), so it is never called
+    dual-stack, and it succeeds beside an IPv4 listener on the same port."""
+    srv = holder("listen-on", str(free_port()))
+    p = srv.info["port"]
+    with socket.socket(socket.AF_INET6) as s:  # the kernel's own answer, independently
+        assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        s.bind(("::1", p))
+        assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    r = port(f"[::1]:{p}", tcp=True, check=True)
+    assert r.exit_code == 0
+    t = trial(r, "tcp", f"[::1]:{p}", "default (IPv6-only)")
+    assert t["plain"] == "ok" and t["check"]
+    assert "dual-stack" not in r.report.summary
+    assert any("IPv6-only whatever net.ipv6.bindv6only says" in f for f in r.report.findings)
+    # The wildcard's plain trial still reports what bindv6only gave it.
+    bv6 = kernel.sysctl_int("net.ipv6.bindv6only")
+    want = "IPv6-only" if bv6 else "dual-stack"
+    assert trial(port(p, tcp=True), "tcp", f"[::]:{p}", f"default ({want})")
+
+
 def test_proc_fallback_when_sock_diag_is_refused(holder, monkeypatch):
     h = holder("listen")
     p = h.info["port"]
@@ -598,6 +648,12 @@ def test_every_target_form_parses():
         "UDP/53": (53, "udp", ""),
         "http": (http, "", ""),
         "http/tcp": (http, "tcp", ""),
+        # URLs as pasted from a browser or a config; no port: the scheme's service.
+        "http://127.0.0.1:8080/health": (8080, "", "127.0.0.1"),
+        "http://[::]:8080": (8080, "", "::"),
+        "http://0.0.0.0": (http, "", "0.0.0.0"),
+        "tcp://127.0.0.1:5432": (5432, "tcp", "127.0.0.1"),
+        "udp://[::1]:53": (53, "udp", "::1"),
     }
     for text, (p, proto, address) in cases.items():
         t = parse_target(text)
@@ -607,6 +663,7 @@ def test_every_target_form_parses():
     assert parse_target("/run/app.sock").unix == "/run/app.sock"
     assert parse_target("./app.sock").unix == "./app.sock"
     assert parse_target("@name").unix == "@name"
+    assert parse_target("unix:///run/app.sock").unix == "/run/app.sock"
 
 
 def test_an_address_in_the_target_sets_the_trial_address(holder):
@@ -626,7 +683,7 @@ def test_an_address_in_the_target_sets_the_trial_address(holder):
     assert r.exit_code == 0 and trial(r, "tcp", f"127.0.0.2:{p}")["check"] is True
     if can_ipv6():
         r = port(f"[::1]:{p}", tcp=True, check=True)
-        assert r.exit_code == 0 and trial(r, "tcp", f"[::1]:{p}", "default (dual-stack)")["check"]
+        assert r.exit_code == 0 and trial(r, "tcp", f"[::1]:{p}", "default (IPv6-only)")["check"]
 
 
 @pytest.mark.parametrize(
@@ -639,6 +696,8 @@ def test_an_address_in_the_target_sets_the_trial_address(holder):
         ["1.2.3.4.5:80"],
         ["[::1:80"],
         ["::1:80"],
+        ["http://127.0.0.1:99999"],
+        ["tcp://127.0.0.1"],
         ["/tmp/x.sock", "--tcp"],
         ["80", "--limit", "-1"],
         ["9" * 5000],
@@ -774,10 +833,34 @@ def test_wait_with_reuseaddr_is_free_at_once_beside_a_reuseaddr_time_wait():
     assert r.exit_code == 0 and r.report.get("wait").rows[0]["held_by"] == "free"
 
 
-def test_wait_ctrl_c_exits_130(holder):
+WAIT_1S = ("--wait", "--deadline", "1", "-q")
+
+
+def test_bare_wait_on_a_held_port_answers_1_not_4(holder):
+    """Bare --wait waits until --deadline, less a moment for the report, so a port still
+    held at the end gives --wait's answer (exit 1), not "deadline ran out" (exit 4).
+    Through the real CLI, in a subprocess."""
+    h = holder("listen")
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "sockprobe", "port", str(h.info["port"]), *WAIT_1S],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(ROOT),
+        stdin=subprocess.DEVNULL,
+    )
+    took = time.monotonic() - t0
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "")
+    # It waited (most of the second), and the interpreter's start is all the rest.
+    assert 0.7 <= took < 1.0 + 0.25 + 2.0
+
+
+@pytest.mark.parametrize("entry", [["sockprobe.port"], ["sockprobe", "port"]])
+def test_wait_ctrl_c_exits_130(holder, entry):
     h = holder("listen")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sockprobe.port", str(h.info["port"]), "--wait", "30"],
+        [sys.executable, "-m", *entry, str(h.info["port"]), "--wait", "30"],
         cwd=str(ROOT),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -803,6 +886,10 @@ def test_kill_signals_the_listener_and_spares_its_client(holder):
     assert srv.proc.wait(5) == -signal.SIGTERM
     assert client.proc.poll() is None  # the client is alive
     assert r.report.summary.startswith(f"--kill sent SIGTERM to pid {srv.pid}")
+    # What was measured before the signal says so, advice included.
+    assert all(f.startswith("Before --kill: ") for f in r.report.findings[1:])
+    assert any(f"Before --kill: LISTEN on tcp 127.0.0.1:{p}" in f for f in r.report.findings)
+    assert "before --kill" in r.report.get("sockets").title
     # The server accepted nothing, so the client's connection was reset or closed by
     # the kernel; no TIME_WAIT stays on p unless the server side closed first.
     assert r.exit_code == (0 if r.data["free"]["plain"] else 1)
@@ -849,6 +936,9 @@ def test_kill_asks_and_a_no_signals_nothing(holder):
     r = port(h.info["port"], tcp=True, kill=True, confirm=no)
     assert asked and f"send SIGTERM to pid {h.pid}" in asked[0]
     assert r.exit_code == 1 and h.proc.poll() is None and "declined" in r.report.summary
+    # Nothing was sent, so the diagnosis is current: not labelled "before --kill".
+    assert not any("Before --kill" in f for f in r.report.findings)
+    assert "before --kill" not in r.report.get("sockets").title
 
 
 def test_kill_never_signals_sockprobe_itself():
@@ -1029,6 +1119,12 @@ def test_socket_in_a_0700_directory_is_hidden_not_missing(holder, shared_copy):
     assert "hidden from this user" in doc["summary"] and "EACCES" in doc["summary"]
     assert f"{d} denies search permission" in doc["findings"][0]
     assert "no file" not in doc["summary"].lower()
+    # /proc/net/unix still lists the listener bound there (no permission check in
+    # unix_seq_show), so the finding says so, and the trials say why they were not run.
+    assert "/proc/net/unix lists 1 socket bound to it (listening)" in doc["findings"][0]
+    trials = next(t for t in doc["tables"] if t["id"] == "unix_trials")
+    bind = next(x for x in trials["rows"] if x["operation"] == "bind")
+    assert "EACCES" in bind["na"]["result"] and "no file" not in bind["na"]["result"]
 
 
 # -- UNIX socket paths ------------------------------------------------------------------------

@@ -879,6 +879,9 @@ def test_ns_changed_settings_show_in_every_check(ns: dict[str, Any]) -> None:
     for opt in ("timestamps", "sack", "window_scaling"):
         assert checks[f"handshake_{opt}"]["measured"] is False
     assert "capped at 65,535 B" in _here(doc, "net.ipv4.tcp_window_scaling")
+    # SACK off (measured above: not negotiated): in-order acknowledgements only; NewReno
+    # recovery resends one segment per round trip, not the whole tail.
+    assert "one lost segment per round trip" in _here(doc, "net.ipv4.tcp_sack")
     assert checks["nonlocal_bind"]["measured"] == "bound"
     assert "succeeds" in _here(doc, "net.ipv4.ip_nonlocal_bind")
     assert checks["unix_dgram_queue"]["measured"] == 4
@@ -1062,3 +1065,40 @@ def test_ns_rfc1337_decides_whether_an_rst_ends_time_wait(ns: dict[str, Any]) ->
     assert off["here"].startswith("an in-window RST ends a TIME_WAIT socket early")
     assert (on["before"], on["after"]) == (True, True), on
     assert on["here"].startswith("RSTs are ignored in TIME_WAIT")
+
+
+def test_udp_mem_rule_follows_the_kernels_thresholds() -> None:
+    """__sk_mem_raise_allocated: past udp_mem[0] a UDP receive is granted only below
+    udp_rmem_min (udp_prot has no memory-pressure hook, so udp_mem[1] does nothing), past
+    udp_mem[2] never. Not measured: udp_mem is host-wide (initial namespace only), and
+    crossing it would starve every UDP socket of the host; the rule is checked against
+    the values it is given instead."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    raw = {"net.ipv4.udp_mem": f"{2**20 // page} {2 * 2**20 // page} {3 * 2**20 // page}"}
+    raw["net.ipv4.udp_rmem_min"] = "8192"
+    text = rules.here("net.ipv4.udp_mem", rules.Settings(raw))
+    assert text is not None
+    assert "past 1 MiB each socket may queue only up to 8,192 B (udp_rmem_min)" in text
+    assert "past 3 MiB nothing more is queued" in text and "pressure" not in text
+    assert "2 MiB" not in text  # the middle value is not a threshold for UDP
+    assert "8,192 B" in (rules.here("net.ipv4.udp_rmem_min", rules.Settings(raw)) or "")
+    # The per-namespace floor is what this namespace reads.
+    here = kernel.sysctl_int("net.ipv4.udp_rmem_min")
+    assert f"{here:,} B" in (
+        rules.here("net.ipv4.udp_rmem_min", rules.Settings(settings_table.raw_settings())) or ""
+    )
+
+
+def test_lo_down_exits_3_naming_the_cause_and_no_measure_still_reads() -> None:
+    """With lo down a connect fails with ENETUNREACH: exit 3, one line naming the cause
+    and the check, and the way to read the settings without connecting (which works)."""
+    reason = runner.netns_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    proc = runner.in_netns(args=["kernel"], lo_up=False, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "ENETUNREACH" in line and "--no-measure reads the settings only" in line
+    code, doc, err = runner.sockprobe_json("kernel", "--no-measure", lo_up=False, timeout=60)
+    assert code == 0 and doc is not None, err
+    assert any(t["id"] == "settings" and t["rows"] for t in doc["tables"])

@@ -632,7 +632,15 @@ def tcp_window_scaling(s: Settings) -> str:
 def tcp_sack(s: Settings) -> str:
     v = _need(s.int("net.ipv4.tcp_sack"))
     if v == 0:
-        return "off: a loss costs the whole tail after it, not only the lost segment"
+        # Without SACK, fast recovery marks one segment lost per partial ACK
+        # (net/ipv4/tcp_input.c tcp_newreno_mark_lost), and a retransmission timeout
+        # marks every unacknowledged segment lost (tcp_timeout_mark_lost), since none
+        # is known to have arrived. Not measured: it needs loss, and netem is absent.
+        return (
+            "off: the peer acknowledges only in order: recovery resends one lost segment "
+            "per round trip (NewReno), and after a retransmission timeout the whole "
+            "unacknowledged tail, segments the peer already holds included"
+        )
     return "offered in every SYN: the peer can report which segments arrived"
 
 
@@ -828,10 +836,31 @@ def _page() -> int:
 
 @rule("net.ipv4.udp_mem")
 def udp_mem(s: Settings) -> str:
-    _lo, mid, hi = (x * _page() / 2**20 for x in s.ints("net.ipv4.udp_mem"))
+    """net/core/sock.c __sk_mem_raise_allocated(): at or below udp_mem[0] every charge
+    succeeds; above udp_mem[2] none does; in between, a receive is granted only while the
+    socket holds less than udp_rmem_min (sk_get_rmem0), since udp_prot has no
+    memory_pressure hook to let it go on (net/ipv4/udp.c udp_prot), so the middle value,
+    which calls sk_enter_memory_pressure(), does nothing for UDP (udp(7): it follows
+    tcp_mem's format). Not measured: udp_mem exists only in the initial namespace, and
+    raising UDP memory past it would starve every UDP socket of the host."""
+    lo, _mid, hi = (x * _page() / 2**20 for x in s.ints("net.ipv4.udp_mem"))
+    rmin = s.int("net.ipv4.udp_rmem_min")
+    floor = f"{rmin:,} B (udp_rmem_min)" if rmin is not None else "udp_rmem_min"
     return (
-        f"all UDP sockets of the host together: pressure at {mid:,.0f} MiB, none beyond "
-        f"{hi:,.0f} MiB (a single socket's limit is SO_RCVBUF)"
+        f"all UDP sockets of the host together: past {lo:,.0f} MiB each socket may queue "
+        f"only up to {floor}, past {hi:,.0f} MiB nothing more is queued (drops counted as "
+        "MemErrors in /proc/net/snmp: __udp_queue_rcv_skb); the middle value does nothing "
+        "for UDP; below the first, a socket's limit is its SO_RCVBUF"
+    )
+
+
+@rule("net.ipv4.udp_rmem_min")
+def udp_rmem_min(s: Settings) -> str:
+    v = _need(s.int("net.ipv4.udp_rmem_min"))
+    return (
+        f"while the host's UDP memory is above udp_mem's first value, a UDP socket still "
+        f"queues a datagram when it holds less than {v:,} B (sk_get_rmem0); otherwise it "
+        "has no effect"
     )
 
 

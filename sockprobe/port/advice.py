@@ -17,7 +17,7 @@ from collections import Counter
 from sockprobe.port.diagnosis import Scene
 from sockprobe.port.processes import Proc, age_text, relation
 from sockprobe.port.sockets import TCP_CLOSE, TIME_WAIT, Held
-from sockprobe.port.trial import Trial
+from sockprobe.port.trial import Trial, covers_ipv4
 
 TIME_WAIT_S = 60  # TCP_TIMEWAIT_LEN, include/net/tcp.h: fixed, not a sysctl
 
@@ -41,17 +41,17 @@ def _pid_list(pids: list[int]) -> str:
 
 
 def who(sc: Scene, procs: list[Proc]) -> str:
-    """ "pids 5871 and 5913 (`cmd`, user u, running 3 s); 5913 is a child of 5871 that
+    """ "pids 5871 and 5913 (5871: `cmd`, user u, running 3 s); 5913 is a child of 5871 that
     inherited the socket", with the manager of each managed one."""
     if not procs:
         return ""
     by_pid = {p.pid: p for p in procs}
     first = procs[0]
+    # With several holders the details are the first one's: say so by its pid.
     text = (
-        f"{_pid_list([p.pid for p in procs])} (`{first.command(60)}`, user {first.user}, "
-        f"running {age_text(first.age_s)}"
-        + (", and its other holders" if len(procs) > 1 else "")
-        + ")"
+        f"{_pid_list([p.pid for p in procs])} ("
+        + (f"{first.pid}: " if len(procs) > 1 else "")
+        + f"`{first.command(60)}`, user {first.user}, running {age_text(first.age_s)})"
     )
     rel = [f"{p.pid} is {relation(p, by_pid)}" for p in procs if relation(p, by_pid)]
     unrelated = [p for p in procs[1:] if not relation(p, by_pid)]
@@ -217,7 +217,15 @@ def findings(sc: Scene) -> tuple[list[str], str]:
         mix = ", ".join(f"{n:,} {s}" for s, n in states.most_common())
         verb = "uses" if len(conns) == 1 else "use"
         if listeners:
-            f.append(f"{_n(len(conns), 'TCP connection')} {verb} local port {port}: {mix}.")
+            queued = sum(1 for h in conns if h.queued)
+            waiting = (
+                f" ({queued:,} not accept()ed yet: in the listener's accept queue)"
+                if queued
+                else ""
+            )
+            f.append(
+                f"{_n(len(conns), 'TCP connection')} {verb} local port {port}: {mix}{waiting}."
+            )
         else:
             shown_conns = [h for h in sc.shown if h.is_tcp and h.rank == 4 and not h.netns]
             owners = sorted({o for o, _ in _group(sc, shown_conns)})
@@ -371,6 +379,14 @@ def _free_or_not(sc: Scene, f: list[str], headline: str) -> str:
     for t in check:
         if t.family == socket.AF_INET6 and t.v6only_set is None and t.v6only is not None:
             bv6 = sc.facts.bindv6only
+            if not covers_ipv4(t.address):
+                # net/ipv6/af_inet6.c __inet6_bind sets sk_ipv6only for such an address.
+                f.append(
+                    f"The plain [{t.address}] trial is IPv6-only whatever "
+                    f"net.ipv6.bindv6only says ({bv6}): a bind to one IPv6 address sets "
+                    f"IPV6_V6ONLY (read back from the socket): {t.proto} bind {t.plain}."
+                )
+                break
             f.append(
                 f"The plain [{t.address}] trial left IPV6_V6ONLY alone, so it was "
                 f"{'IPv6-only' if t.v6only else 'dual-stack'} (read back from the socket; "

@@ -65,15 +65,34 @@ def run_port(params: Params) -> PortResult:
     free = sc.free
     if params.kill:
         free = _kill(result, sc, deadline, free)
+    signalled = any(
+        a["action"] == "signal" and not str(a["result"]).startswith("declined")
+        for a in result.actions
+    )
     report.findings[:0] = found if not params.kill else []
-    if params.kill:
-        report.findings.extend(found)
+    if params.kill and not signalled:
+        report.findings.extend(found)  # nothing was sent: the diagnosis is still current
+    elif params.kill:
+        # The diagnosis was measured before the signal: say so, or its "Fix: stop pid N"
+        # reads as advice about a port --kill has just freed.
+        report.findings.extend(f"Before --kill: {_lower_first(f)}" for f in found)
+        for t in report.tables:
+            if t.id in ("sockets", "processes", "trials"):
+                t.title = t.title.replace(" now (", " (").replace(" (", " before --kill (", 1)
     report.notes.extend(advice.NOTES)
     result.data = {"free": free, "holders": diagnosis.holders_json(sc)}
     if params.check or params.wait is not None or params.kill:
         result.exit_code = 0 if free[mode] else 1
     report.duration_s = watch()
     return result
+
+
+def _lower_first(sentence: str) -> str:
+    """ "A plain bind..." -> "a plain bind..."; "LISTEN on..." and "UDP..." stay."""
+    word = sentence.split(" ", 1)[0]
+    if word[:1].isupper() and (len(word) == 1 or not word[1:2].isupper()):
+        return sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 def _wait_report(report: Report, sc: diagnosis.Scene, w: wait.WaitResult, mode: str) -> None:

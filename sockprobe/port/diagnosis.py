@@ -34,6 +34,10 @@ UNFOUND = (
     "socket, or its process exited during the scan)"
 )
 ORPHAN = "no process: its owner closed it and the kernel is finishing the close (inode 0)"
+QUEUED = (
+    "no process yet: it waits in the listener's accept queue, and becomes the listener's "
+    "process's at accept() (inode 0 until then)"
+)
 
 
 class Scene:
@@ -91,6 +95,8 @@ class Scene:
         """Why a socket has no process row (never "no process" when one may be hidden)."""
         if h.orphan:
             return ORPHAN
+        if h.queued:
+            return QUEUED
         hidden = self.holders.hidden_reason(h.sock.uid if h.sock.uid >= 0 else None)
         if hidden is not None:
             return hidden
@@ -232,10 +238,10 @@ def tables(report: Report, sc: Scene) -> None:
             col("pid", kind=VOLATILE),
             col("ppid", "parent", kind=VOLATILE),
             col("user"),
-            col("age_s", "running for", "s", CONTEXT),
+            col("age_s", "age", "s", CONTEXT),
             col("fds", "fds"),
             col("sockets"),
-            col("managed_by", "managed by"),
+            col("managed_by", "manager"),
             col("command", "command line"),
         ],
         keys=["pid"],

@@ -110,7 +110,7 @@ def _address(text: str, whole: str) -> str:
 
 def parse_target(target: str) -> Target:
     """The target as pasted; UsageError (one line, exit 2) for anything else."""
-    t = target.strip()
+    t = _from_url(target.strip(), target)
     require(t != "", "give a PORT (1..65535), ADDRESS:PORT, a service name or a UNIX socket PATH")
     if ("/" in t and not _proto_form(t)) or t.startswith("@"):
         size = len(os.fsencode(t))
@@ -143,6 +143,32 @@ def parse_target(target: str) -> Target:
     return Target(port=port, proto=proto, address=address, service=service)
 
 
+def _from_url(t: str, target: str) -> str:
+    """A URL as pasted from a browser or a config (http://localhost:8080/x, tcp://[::1]:53,
+    unix:///run/x.sock) -> the target form it names; anything else unchanged. Without a
+    port the scheme is the service (http://host -> http)."""
+    scheme, sep, _ = t.partition("://")
+    if not sep or not scheme.isascii() or not scheme.replace("+", "").isalnum():
+        return t
+    import urllib.parse
+
+    scheme = scheme.lower()
+    if scheme == "unix":
+        return t[len("unix://") :]
+    url = urllib.parse.urlsplit(t)
+    try:
+        number = url.port
+    except ValueError:
+        raise UsageError(f"{target[:80]!r}: the URL's port is not a number in 1..65535") from None
+    host = url.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if scheme in ("tcp", "udp"):
+        require(number is not None, f"{target[:80]!r}: a {scheme}:// URL needs a :PORT")
+        return f"{scheme}/{host}:{number}"
+    return f"{host}:{number if number is not None else scheme}"
+
+
 @functools.lru_cache(maxsize=8)
 def _parsed(target: str) -> Target:
     """parse_target once per target: a host name in it is resolved once."""
@@ -164,8 +190,8 @@ class Params(ProbeParams):
 
     target: str = option(
         "",
-        "A port (8080, :8080, 127.0.0.1:8080, [::1]:8080, tcp/8080, 8080/udp, http), a UNIX "
-        "socket path (with a '/'), or @name (abstract).",
+        "A port (8080, :8080, 127.0.0.1:8080, [::1]:8080, tcp/8080, 8080/udp, http), a URL "
+        "(http://localhost:8080/), a UNIX socket path (with a '/'), or @name (abstract).",
         metavar="TARGET",
         positional=True,
     )
@@ -184,7 +210,8 @@ class Params(ProbeParams):
     #: --deadline; otherwise at most this many seconds (the deadline grows to fit).
     wait: float | None = option(
         None,
-        "Wait until the check passes, at most SECONDS (bare --wait: until --deadline). "
+        "Wait until the check passes, at most SECONDS (bare --wait: until --deadline, less "
+        "up to 1 s kept for the report). "
         "Exit 0 when free, 1 at the timeout.",
         metavar="SECONDS",
         const=WAIT_UNTIL_DEADLINE,

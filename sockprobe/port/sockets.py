@@ -19,8 +19,11 @@ from sockprobe.lab import Deadline, fmt_addr
 from sockprobe.port.processes import Holders, Proc, psutil_info
 from sockprobe.report import NA, Cell
 
+TCP_ESTABLISHED = 1
+TCP_SYN_RECV = 3
 TIME_WAIT = 6
 TCP_CLOSE = 7  # what sock_diag reports for a bound-inactive TCP socket, and unconnected UDP
+CLOSE_WAIT = 8
 TCP_LISTEN = 10
 NEW_SYN_RECV = 12
 _TCP_RANK = {TCP_LISTEN: 0, TCP_CLOSE: 1, TIME_WAIT: 5}
@@ -68,10 +71,26 @@ class Held:
         return self.is_tcp and self.sock.state in (TIME_WAIT, NEW_SYN_RECV)
 
     @property
+    def queued(self) -> bool:
+        """A connection in a listener's accept queue that no accept() has taken yet: the
+        kernel made the full socket at the handshake's end (tcp_check_req ->
+        inet_csk_complete_hashdance), but it gets its struct socket and file only in
+        accept() (net/ipv4/inet_connection_sock.c inet_csk_accept -> net/socket.c
+        do_accept -> sock_graft), so sock_diag's sock_i_ino reports inode 0. It is
+        ESTABLISHED, or CLOSE_WAIT once the client has closed its end; a process's socket
+        never has inode 0 in those states, since close() moves them on (tcp_close)."""
+        return (
+            self.is_tcp
+            and self.sock.inode == 0
+            and self.sock.state in (TCP_ESTABLISHED, TCP_SYN_RECV, CLOSE_WAIT)
+        )
+
+    @property
     def orphan(self) -> bool:
         """A TCP socket its process closed while the kernel finishes the close (FIN_WAIT1/2,
-        CLOSING, LAST_ACK): sock_diag reports inode 0, since no file refers to it."""
-        return self.is_tcp and self.sock.inode == 0 and not self.kernel_only
+        CLOSING, LAST_ACK; net/ipv4/tcp.c __tcp_close -> sock_orphan): sock_diag reports
+        inode 0, since no file refers to it."""
+        return self.is_tcp and self.sock.inode == 0 and not self.kernel_only and not self.queued
 
     @property
     def wildcard6(self) -> bool:

@@ -112,6 +112,13 @@ def trial_addresses(
     return rows
 
 
+def covers_ipv4(address: str) -> bool:
+    """Whether IPV6_V6ONLY decides if an AF_INET6 socket bound here takes IPv4 too: only
+    for the wildcard and v4-mapped addresses; any other IPv6 address is IPv6-only by its
+    nature, and bind() sets the flag to say so (net/ipv6/af_inet6.c __inet6_bind)."""
+    return address == "::" or address.lower().startswith("::ffff:")
+
+
 def bind_once(
     proto: str, family: int, address: str, port: int, v6only: bool | None, reuse: bool
 ) -> tuple[Cell, bool | None]:
@@ -134,8 +141,14 @@ def bind_once(
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
                 got = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
             s.bind((address, port))
+            if family == socket.AF_INET6:
+                # Read again: a bind to one IPv6 address (not :: and not ::ffff:a.b.c.d)
+                # sets sk_ipv6only whatever it was (net/ipv6/af_inet6.c __inet6_bind).
+                got = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
             return "ok", got
         except OSError as exc:
+            if family == socket.AF_INET6 and not covers_ipv4(address):
+                got = None  # the failed bind never reached the line that sets it
             if exc.errno is None:
                 return str(exc), got
             return errno.errorcode.get(exc.errno, str(exc.errno)), got

@@ -166,7 +166,7 @@ def diagnose_unix(params: Params, deadline: Deadline) -> tuple[Report, bool]:
             col("pid", kind=VOLATILE),
             col("ppid", "parent", kind=VOLATILE),
             col("user"),
-            col("age_s", "running for", "s", CONTEXT),
+            col("age_s", "age", "s", CONTEXT),
             col("command", "command line"),
         ],
         keys=["type", "state", "inode", "pid"],
@@ -204,10 +204,10 @@ def diagnose_unix(params: Params, deadline: Deadline) -> tuple[Report, bool]:
         o.add(f"connect ({conn_type or 'stream'}, non-blocking)", conn)
     if cred is not None:
         o.add("SO_PEERCRED of the listener", f"pid {cred[0]}, uid {cred[1]}")
-    o.add("bind", plain if plain is not None else NA(_no_bind_reason(abstract, exists)))
+    o.add("bind", plain if plain is not None else NA(_no_bind_reason(abstract, exists, denied)))
     o.add(
         "bind with SO_REUSEADDR",
-        reuse if reuse is not None else NA(_no_bind_reason(abstract, exists)),
+        reuse if reuse is not None else NA(_no_bind_reason(abstract, exists, denied)),
     )
 
     f = report.findings
@@ -267,7 +267,16 @@ def diagnose_unix(params: Params, deadline: Deadline) -> tuple[Report, bool]:
         f.append(
             f"{target} is hidden from this user: lstat gives EACCES"
             + (f" ({blocker} denies search permission)" if blocker else "")
-            + ", so whether a socket file is there cannot be seen, and a bind or connect "
+            + (
+                # /proc/net/unix lists the path a socket was bound to whatever the
+                # directory's mode (net/unix/af_unix.c unix_seq_show).
+                f", so this user cannot see the file, but /proc/net/unix lists "
+                f"{_n(len(rows), 'socket')} bound to it"
+                + (" (listening)" if any(r.listening for r in rows) else "")
+                if rows
+                else ", so whether a socket file is there cannot be seen"
+            )
+            + ", and a bind or connect "
             f"by this user fails the same way; run as root (sudo sockprobe port {target})."
         )
         summary = f"{target}: hidden from this user (lstat EACCES): run as root"
@@ -376,7 +385,9 @@ def _file_kind(mode: int) -> str:
     return "special file"
 
 
-def _no_bind_reason(abstract: bool, exists: bool) -> str:
+def _no_bind_reason(abstract: bool, exists: bool, denied: bool = False) -> str:
+    if denied:
+        return "not tried: lstat gives EACCES, so a bind by this user fails the same way"
     if abstract:
         return "not tried: no socket holds this abstract name, and a trial bind would take it"
     return "not tried: no file at the path, and a trial bind would create one"

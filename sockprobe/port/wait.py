@@ -34,6 +34,13 @@ class WaitResult:
     last: str = ""
 
 
+#: A bare --wait stops this long (or this share of --deadline, if less) before the
+#: deadline, for the diagnosis: one sock_diag dump, the /proc fd scan and the trial binds
+#: (tens of ms on a quiet host, some hundreds with 10,000 sockets: bench/bench_port.py).
+REPORT_RESERVE_S = 1.0
+REPORT_RESERVE_SHARE = 0.25
+
+
 def describe(rows: list[portdiag.PortSocket], holders: processes.Holders) -> str:
     """What holds the port: "LISTEN pid 812; 1 TIME_WAIT, 41 s left"."""
     parts = []
@@ -67,7 +74,13 @@ def wait_free(
     progress: Callable[[str], None] | None,
 ) -> WaitResult:
     port, protos = params.port, params.protocols
-    limit = deadline.remaining() if params.wait == WAIT_UNTIL_DEADLINE else params.wait or 0.0
+    if params.wait == WAIT_UNTIL_DEADLINE:
+        # Keep a part of --deadline for the diagnosis that follows the wait, or a port
+        # still held at the end would give exit 4 instead of --wait's answer (exit 1).
+        remaining = deadline.remaining()
+        limit = remaining - min(REPORT_RESERVE_S, REPORT_RESERVE_SHARE * remaining)
+    else:
+        limit = params.wait or 0.0
     t0 = time.monotonic()
     end = t0 + min(limit, deadline.remaining())
     result = WaitResult(False, 0.0)

@@ -27,6 +27,7 @@ from sockprobe.probes.settings import new_socket, table, timers
 from sockprobe.probes.settings.params import Params
 from sockprobe.probes.settings.table import NAMES, SETTINGS, Setting, raw_settings, read_settings
 from sockprobe.report import NA, Cell, Report, environment, params_dict
+from sockprobe.status import Unsupported
 
 reserved_ports = rules.reserved_ports
 
@@ -58,11 +59,15 @@ def run(params: Params) -> Report:
     tms: list[timers.Timer] = []
     rto: float | None = None
     if params.measure:
-        with Lab(host, deadline) as lab:
-            checks = new_socket.measure(lab, settings)
-            if kernel.IS_LINUX:
-                tms, rto = timers.measure(lab, settings, params.follow)
-            report.endpoints = lab.endpoints
+        try:
+            with Lab(host, deadline) as lab:
+                checks = new_socket.measure(lab, settings)
+                if kernel.IS_LINUX:
+                    tms, rto = timers.measure(lab, settings, params.follow)
+                report.endpoints = lab.endpoints
+        except Unsupported as exc:
+            # The settings need no connection: say how to read them anyway.
+            raise Unsupported(f"{exc}; --no-measure reads the settings only") from None
         new_socket.add(report, checks)
         if tms:
             timers.add(report, tms)

@@ -111,6 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("net.ipv4.tcp_rmem", "B", "TCP receive buffer min, default, max", "kernel, partial-send"),
     S("net.ipv4.tcp_wmem", "B", "TCP send buffer min, default, max", "kernel, partial-send"),
     S("net.ipv4.udp_mem", "pages", "memory of all UDP sockets together", "none"),
+    S("net.ipv4.udp_rmem_min", "B", "receive memory a UDP socket keeps under udp_mem", "none"),
     S("net.unix.max_dgram_qlen", "", "datagrams a UNIX socket queues", "kernel"),
 )
 del S

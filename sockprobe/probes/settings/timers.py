@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from sockprobe import kernel
 from sockprobe.kernel import rules
-from sockprobe.lab import Lab
+from sockprobe.lab import Lab, pair_or_unsupported
 from sockprobe.report import NA, VOLATILE, Cell, Report, col
 
 #: /proc/net/tcp timers are printed in USER_HZ ticks and read a moment after the change;
@@ -104,7 +104,7 @@ def _no_minisocket(st: rules.Settings, lab: Lab, kind: str) -> str:
 def measure(lab: Lab, st: rules.Settings, follow: bool) -> tuple[list[Timer], float | None]:
     """The timer rows, and the RTO measured (s) that the rules' floors use."""
     out: list[Timer] = []
-    c, s = lab.tcp_pair(name="timers")
+    c, s = pair_or_unsupported(lab, "the timers check", name="timers")
     info = kernel.tcp_info(c)
     rto = info.rto_us / 1e6 if info is not None else None
     floor_us = st.int("net.ipv4.tcp_rto_min_us")
@@ -184,7 +184,7 @@ def measure(lab: Lab, st: rules.Settings, follow: bool) -> tuple[list[Timer], fl
             )
         )
         lab.close(s)
-        c, s = lab.tcp_pair(name="time-wait")
+        c, s = pair_or_unsupported(lab, "the TIME_WAIT check", name="time-wait")
         port, peer_port = c.getsockname()[1], c.getpeername()[1]
         lab.close(c)
     # The server closes: its FIN moves the client to TIME_WAIT, whose length is the
@@ -246,12 +246,12 @@ def _keepalive(lab: Lab, st: rules.Settings, s: socket.socket, port: int, out: l
 def add(report: Report, timers: list[Timer]) -> None:
     t = report.table(
         "timers",
-        "Timers of a loopback connection (measured now)",
+        "Timers of a loopback connection (measured now, and what the rules predict)",
         [
             col("check"),
             col("what"),
             col("measured", kind=VOLATILE),
-            col("expected", "expected from the rules", kind=VOLATILE),
+            col("expected", "expected", kind=VOLATILE),
             col("unit"),
             col("agrees"),
         ],
