@@ -51,53 +51,59 @@ class Command:
     examples: tuple[str, ...] = ()
 
 
+#: The commands that are not probes (no registry import needed to find them: `port P
+#: --check -q` is what scripts run in a loop).
+_PORT = Command(
+    "port",
+    "Who holds this port (or UNIX socket path), would a bind succeed now, and what is the fix?",
+    "sockprobe.port",
+    ("sockprobe port 8080", "sockprobe port :8080 --check --reuseaddr -q"),
+)
+_TOOLS = (
+    Command(
+        "all",
+        "Every probe, one summary: the host's socket-behaviour fingerprint.",
+        None,
+        ("sockprobe all", "sockprobe all --json > $(hostname).json"),
+    ),
+    Command(
+        "diff",
+        "What differs between hosts' fingerprints (a fleet: grouped by behaviour)?",
+        None,
+        ("sockprobe diff a.json b.json", "sockprobe diff hosts/*.json"),
+    ),
+    Command(
+        "serve",
+        "Run the server halves of experiments for a probe on another host (--peer).",
+        None,
+        ("sockprobe serve --bind 192.0.2.10", "sockprobe serve --once --token SECRET"),
+    ),
+    Command("docs", "The documents, from the installed tool.", None, ("sockprobe docs nagle",)),
+    Command(
+        "completion",
+        "Print a shell completion script (bash or zsh).",
+        None,
+        ('eval "$(sockprobe completion bash)"',),
+    ),
+)
+
+
 def _commands() -> list[Command]:
+    """Every command in DESIGN.md's order: the probes, with port after reuseaddr."""
     from sockprobe.probes import PROBES
 
     out: list[Command] = []
     for p in PROBES:
         out.append(Command(p.name, p.question, p.module, p.examples))
         if p.name == "reuseaddr":
-            out.append(
-                Command(
-                    "port",
-                    "Who holds this port (or UNIX socket path), would a bind succeed now, "
-                    "and what is the fix?",
-                    "sockprobe.port",
-                    ("sockprobe port 8080", "sockprobe port :8080 --check --reuseaddr -q"),
-                )
-            )
-    out += [
-        Command(
-            "all",
-            "Every probe, one summary: the host's socket-behaviour fingerprint.",
-            None,
-            ("sockprobe all", "sockprobe all --json > $(hostname).json"),
-        ),
-        Command(
-            "diff",
-            "What differs between hosts' fingerprints (a fleet: grouped by behaviour)?",
-            None,
-            ("sockprobe diff a.json b.json", "sockprobe diff hosts/*.json"),
-        ),
-        Command(
-            "serve",
-            "Run the server halves of experiments for a probe on another host (--peer).",
-            None,
-            ("sockprobe serve --bind 192.0.2.10", "sockprobe serve --once --token SECRET"),
-        ),
-        Command("docs", "The documents, from the installed tool.", None, ("sockprobe docs nagle",)),
-        Command(
-            "completion",
-            "Print a shell completion script (bash or zsh).",
-            None,
-            ('eval "$(sockprobe completion bash)"',),
-        ),
-    ]
-    return out
+            out.append(_PORT)
+    return out + list(_TOOLS)
 
 
 def _find(name: str) -> Command | None:
+    for c in (_PORT, *_TOOLS):
+        if c.name == name:
+            return c
     return next((c for c in _commands() if c.name == name), None)
 
 
@@ -180,9 +186,9 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
     if cmd.params_module is not None:
         params_cls = _params_class(cmd.params_module)
         names = add_params(parser, params_cls)
-        from sockprobe.peer.runner import peer_probes
+        from sockprobe.peer import PEER_PROBES
 
-        if cmd.name in peer_probes():
+        if cmd.name in PEER_PROBES:
             two = parser.add_argument_group("two hosts")
             two.add_argument(
                 "--peer",

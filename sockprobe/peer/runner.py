@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from sockprobe.lab import Host, Lab
+from sockprobe.peer import PEER_PROBES
 from sockprobe.peer.client import Peer
 from sockprobe.report import Report, environment, params_dict
 from sockprobe.status import Unsupported, oserror_text
@@ -46,15 +47,6 @@ def _experiments() -> dict[str, tuple[tuple[str, ...], Experiment]]:
         "backlog": (("net.core.somaxconn", "net.ipv4.tcp_syn_retries"), backlog),
         "framing": (tcp, framing),
     }
-
-
-#: The probes with path experiments (the CLI adds --peer to these; kept as a constant so
-#: that building a parser imports none of the experiments).
-PEER_PROBES = ("nagle", "partial-send", "udp-truncate", "backlog", "framing")
-
-
-def peer_probes() -> tuple[str, ...]:
-    return PEER_PROBES
 
 
 def run(

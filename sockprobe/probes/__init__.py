@@ -11,11 +11,13 @@ import math
 import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from sockprobe.lab import Deadline, Host, require_local, resolve_host
 from sockprobe.options import option
 from sockprobe.status import UsageError
+
+if TYPE_CHECKING:  # lab (sockets, threads, subprocess) is imported when a probe runs
+    from sockprobe.lab import Deadline, Host
 
 
 class ProbeSpec(NamedTuple):
@@ -134,6 +136,8 @@ class ProbeParams:
 
     def check_host(self) -> Host:
         """The host, validated: exit 2 for one that is not a local unicast address."""
+        from sockprobe.lab import require_local, resolve_host
+
         host = resolve_host(self.host)
         require_local(host, needs_ports=False)
         return host
@@ -141,6 +145,8 @@ class ProbeParams:
     def resolve(self) -> tuple[Host, Deadline]:
         """The lab host and the deadline, which starts counting now. Exit 3 when the
         ephemeral port range is exhausted and the probe needs a port."""
+        from sockprobe.lab import Deadline, require_local, resolve_host
+
         host = resolve_host(self.host)
         require_local(host, needs_ports=self.needs_ports)
         return host, Deadline(self.deadline)
