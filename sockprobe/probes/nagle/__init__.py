@@ -186,10 +186,12 @@ def _notes(report: Report) -> None:
             "896's rule holds small data while any data is unacknowledged; Minshall's lets a "
             "small write follow full-sized segments at once.",
             "Delayed ACKs: the receiver holds an ACK hoping to send it with data. Linux's "
-            "timeout starts at TCP_ATO_MIN (40 ms), adapts to the gaps between arriving "
-            "segments, and is bounded by max(RTT, 40 ms) and 200 ms for an interactive "
-            "connection (tcp_input.c tcp_event_data_recv, tcp_output.c tcp_send_delayed_ack): "
-            "on loopback it sits at the 40 ms floor, on a real path it follows the RTT. A new "
+            "timeout (ato) starts at TCP_ATO_MIN (40 ms) and grows only while segments arrive "
+            "less than ato apart (tcp_input.c tcp_event_data_recv); for an interactive "
+            "connection or a pushed segment the timer is capped at max(RTT, 40 ms) and at "
+            "tcp_delack_max: 200 ms, or the route's rto_min when lower (`ip route ... rto_min`; "
+            "tcp_output.c tcp_send_delayed_ack). In write-write-read ato stays at 40 ms on any "
+            "path, so a longer RTT adds round trips, not a longer delayed ACK. A new "
             "connection's first data starts a quick-ACK budget of up to 16 immediate ACKs "
             "(tcp_input.c tcp_incr_quickack, TCP_MAX_QUICKACKS). Nagle on one side and a "
             "delayed ACK on the other is the write-write-read stall.",
