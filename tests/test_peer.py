@@ -316,8 +316,29 @@ def test_path_rtt_and_write_write_read_follow_the_delay_line(path):
     assert ato is not None and ato >= 40
     assert rows["nagle"]["stalled_rounds"] >= 6
     assert 2 * rtt + 0.5 * ato <= rows["nagle"]["median_ms"] <= 2 * rtt + ato + 25
+    assert rows["nagle"]["peer_delack_ms"] == min(ato, 200.0)  # srtt 20 ms < 40 ms
     finding = doc["findings"][0]
-    assert "predicted 2 RTT + ato" in finding
+    assert "predicted 2 RTT + timer" in finding
+
+
+@needs_path
+def test_a_longer_path_adds_round_trips_not_a_longer_delayed_ack():
+    """ato grows only while segments arrive less than ato apart (tcp_event_data_recv);
+    a request's pieces arrive a delayed ACK plus a round trip apart, so on a 100 ms path
+    the peer's timer stays at 40 ms: a stalled round costs 2 RTT + 40 ms (240 ms), not
+    2 RTT + RTT (300 ms) as a timer that followed the RTT would make it."""
+    with pathlab.Path2(delay_ms=50.0) as p:
+        agent = p.popen_b("serve", "--bind", pathlab.B_ADDR, "--token", TOKEN, "--once")
+        assert agent.stdout is not None
+        assert "listening on" in agent.stdout.readline()
+        doc = _probe((p, agent), "nagle", "--rounds", "6")
+    rows = {r["mode"]: r for r in _table(doc, "path_wwr")["rows"]}
+    rtt = rows["nodelay"]["min_ms"]
+    assert abs(rtt - 100.0) <= 10.0
+    assert rows["nagle"]["peer_ato_ms"] == rows["nagle"]["peer_delack_ms"] == 40.0
+    assert rows["nagle"]["stalled_rounds"] >= 4
+    # Halfway between the two predictions: 30 ms of room for a loaded host each way.
+    assert 2 * rtt + 20.0 <= rows["nagle"]["median_ms"] < 2 * rtt + 70.0
 
 
 @needs_path
