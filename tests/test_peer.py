@@ -348,9 +348,13 @@ def test_path_mss_and_udp_fragmentation(path):
     assert rows[("IP_PMTUDISC_WANT", 1473)]["delivered"] is True
     assert rows[("IP_PMTUDISC_DO", 1473)]["send"] == "EMSGSIZE"
     assert rows[("IP_PMTUDISC_DO", 1472)]["delivered"] is True
+    # The sender sets WANT itself; it is called the default only as inet_create() makes
+    # it one: net.ipv4.ip_no_pmtu_disc is 0 in a fresh namespace.
+    assert any("net.ipv4.ip_no_pmtu_disc = 0" in f for f in doc["findings"])
     doc = _probe(path, "framing")
     (row,) = _table(doc, "path_framing")["rows"]
     assert row["mss"] == 1448  # 1500 - 20 (IP) - 20 (TCP) - 12 (timestamps)
+    assert any(f"all {row['bytes']:,} B arrived" in f for f in doc["findings"])
 
 
 @needs_path
