@@ -373,3 +373,22 @@ def test_path_partial_send_delivers_every_byte(path):
     assert row["received_b"] == 300000
     assert 0 < row["held_b"] < 300000
     assert abs(row["rtt_ms"] - 2 * DELAY_MS) <= 0.25 * 2 * DELAY_MS
+
+
+@needs_path
+def test_path_throughput_is_timed_after_the_pause_and_names_the_send_buffer(path):
+    """The transfer is timed on the peer from its wake-up, so the pause is not in it;
+    with a 32 KiB send buffer on a 20 ms path the sender can keep only about 32 KiB in
+    flight (about 1.6 MB/s), and the finding must say the send buffer is the limit, not
+    the peer's autotuned receive buffer (read at the end: it only grows)."""
+    doc = _probe(path, "partial-send", "--size", "1048576")
+    (row,) = _table(doc, "path_bulk")["rows"]
+    rtt_s = row["rtt_ms"] / 1000
+    cap = row["so_sndbuf_b"] / rtt_s / 1e6
+    # Timed with the pause inside, 1 MiB at this cap would read about 1.1 MB/s; timed
+    # from the wake-up it reads near the cap (a write may overshoot the buffer by one
+    # segment being filled, hence the upper margin).
+    assert 0.75 * cap <= row["throughput_mb_s"] <= 1.5 * cap
+    assert row["peer_so_rcvbuf_end_b"] >= row["peer_so_rcvbuf_b"]
+    text = next(f for f in doc["findings"] if f.startswith("After the pause"))
+    assert "this host's send buffer is the likely limit" in text
