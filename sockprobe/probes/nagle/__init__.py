@@ -192,8 +192,8 @@ def _notes(report: Report) -> None:
             "tcp_delack_max: 200 ms, or the route's rto_min when lower (`ip route ... rto_min`; "
             "tcp_output.c tcp_send_delayed_ack). In write-write-read ato stays at 40 ms on any "
             "path whose route sets no lower rto_min (the test suite checks it over a 100 ms "
-            "delay line: stalled rounds cost 2 RTT + 40 ms), so a longer RTT adds round trips, not a "
-            "longer delayed ACK. A new "
+            "delay line: stalled rounds cost 2 RTT + 40 ms), so a longer RTT adds round "
+            "trips, not a longer delayed ACK. A new "
             "connection's first data starts a quick-ACK budget of up to 16 immediate ACKs "
             "(tcp_input.c tcp_incr_quickack, TCP_MAX_QUICKACKS). Nagle on one side and a "
             "delayed ACK on the other is the write-write-read stall.",
