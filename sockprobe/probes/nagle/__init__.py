@@ -146,7 +146,7 @@ def _compose(
             )
         report.findings.append(text)
     report.summary = _headline(p, by_mode, coalesced)
-    _notes(report)
+    _notes(report, p, next((r.snd_mss for r in rows if r.snd_mss), None))
 
 
 def _headline(p: Params, by_mode: dict[str, wwr.Wwr], coalesced: list[coalescing.Coalesce]) -> str:
@@ -174,7 +174,23 @@ def _headline(p: Params, by_mode: dict[str, wwr.Wwr], coalesced: list[coalescing
     return "; ".join(parts)
 
 
-def _notes(report: Report) -> None:
+def _gso_clause(size: int, mss: int | None) -> str:
+    """Whether a counted segment is one captured packet: only while no write can fill
+    an MSS (the MSS read from TCP_INFO tcpi_snd_mss of a client connection)."""
+    if mss is None:
+        return ""
+    if size < mss:
+        return (
+            f"; the {size:,} B writes here never fill an MSS ({mss:,} B, tcpi_snd_mss), so "
+            "each counted segment is one captured packet"
+        )
+    return (
+        f"; writes of {size:,} B fill the MSS ({mss:,} B, tcpi_snd_mss), so a capture can "
+        "show fewer, larger packets than the counts"
+    )
+
+
+def _notes(report: Report, p: Params, mss: int | None) -> None:
     report.notes.extend(
         [
             "TCP is a byte stream: a receiver that reads late gets every write merged, whatever "
@@ -209,9 +225,9 @@ def _notes(report: Report) -> None:
             "the sender resend a segment, by a loss probe or a timeout, even on loopback). "
             "TCP_INFO counts segments as TCP cut them, at most one MSS each. When the kernel "
             "passes several of them to the network device as one large packet (GSO), the "
-            "counters count each one while a capture shows one packet; the small writes here "
-            "never fill an MSS (65,483 B on loopback), so each counted segment is one captured "
-            "packet. To check: tcpdump -i lo -nn 'tcp src port <client port>' during a run, "
+            "counters count each one while a capture shows one packet"
+            + _gso_clause(p.size, mss)
+            + ". To check: tcpdump -i lo -nn 'tcp src port <client port>' during a run, "
             "counting lines with a length above 0 (ports are under Endpoints).",
             "The concurrent receiver is a child process (a thread would wait for this "
             "interpreter's GIL while the writer loops) on a CPU of its own, the writer on "

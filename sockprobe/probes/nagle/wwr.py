@@ -39,6 +39,8 @@ class Wwr:
     #: The locked rto_min of the server's route back to the client, which caps the
     #: server's delayed-ACK timer (see _wire.delack_max_ms); None when the route has none.
     route_rto_min_ms: float | None = None
+    #: The client's tcpi_snd_mss at the end (None without TCP_INFO).
+    snd_mss: int | None = None
 
     @property
     def stall_ms(self) -> float:
@@ -99,6 +101,7 @@ def measure(lab: Lab, mode: str, p: Params) -> Wwr:
     piece = b"q" * p.size
     rtts: list[float] = []
     rtos: list[float] = []
+    mss: int | None = None
     before = w.sent(c)
     if mode == "cork-held":
         w.cork(c, True)  # and never released: every request waits for the kernel's timer
@@ -120,12 +123,13 @@ def measure(lab: Lab, mode: str, p: Params) -> Wwr:
         info = kernel.tcp_info(c)
         if info is not None:
             rtos.append(info.rto_us / 1000)
+            mss = info.snd_mss
     after = w.sent(c)
     ato_ms, srtt_ms = w.result(server, lab.deadline, "serving write-write-read")
     lab.close_abortively(c, s)
     segs, retrans = w.delta(before, after)
     rto = statistics.median(rtos) if rtos else None
-    return Wwr(mode, rtts, segs, retrans, ato_ms, srtt_ms, rto, rto_min)
+    return Wwr(mode, rtts, segs, retrans, ato_ms, srtt_ms, rto, rto_min, mss)
 
 
 # -- the kernel's rules these rows are read against ------------------------------------
