@@ -176,7 +176,10 @@ def _headline(p: Params, by_mode: dict[str, wwr.Wwr], coalesced: list[coalescing
 
 def _gso_clause(size: int, mss: int | None) -> str:
     """Whether a counted segment is one captured packet: only while no write can fill
-    an MSS (the MSS read from TCP_INFO tcpi_snd_mss of a client connection)."""
+    an MSS (the MSS read from TCP_INFO tcpi_snd_mss of a client connection: mss_cache,
+    which tcp_sync_mss (tcp_output.c) bounds at half the largest window the peer offered,
+    tcp_bound_to_half_wnd in include/net/tcp.h, so it is below the device's MSS on a new
+    connection)."""
     if mss is None:
         return ""
     if size < mss:
