@@ -421,8 +421,9 @@ def test_exhausted_port_range_exits_3_naming_the_range(netns, probe):
 
 def test_the_gso_note_uses_the_mss_tcp_info_read_not_a_loopback_constant(report):
     """tcpi_snd_mss is bounded by half the largest window the peer offered
-    (include/net/tcp.h tcp_bound_to_half_wnd, from tcp_sync_mss), so on a fresh loopback connection it can read 32,768 B, and
-    over ::1 or another MTU it differs again: the note quotes what this run read."""
+    (include/net/tcp.h tcp_bound_to_half_wnd, from tcp_sync_mss), so on a fresh loopback
+    connection it can read 32,768 B, and over ::1 or another MTU it differs again: the
+    note quotes what this run read."""
     rows = [r for r in report.get("wwr").rows if isinstance(r.get("median_ms"), float)]
     assert rows
     text = " ".join(report.notes)
