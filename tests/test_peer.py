@@ -359,7 +359,7 @@ def test_path_mss_and_udp_fragmentation(path):
 
 @needs_path
 def test_path_backlog_admits_by_the_peers_queue(path):
-    doc = _probe(path, "backlog", "--backlogs", "0,8")
+    doc = _probe(path, "backlog", "--backlog", "0,8")
     for r in _table(doc, "path_admission")["rows"]:
         assert r["peer_queue"] == r["expected"] == r["backlog"] + 1
         # Every SYN crossed before the queue filled: all handshakes completed here.
