@@ -392,3 +392,15 @@ def test_path_throughput_is_timed_after_the_pause_and_names_the_send_buffer(path
     assert row["peer_so_rcvbuf_end_b"] >= row["peer_so_rcvbuf_b"]
     text = next(f for f in doc["findings"] if f.startswith("After the pause"))
     assert "this host's send buffer is the likely limit" in text
+
+
+@needs_path
+def test_a_plain_veth_path_has_the_mtu_and_mss_loopback_lacks():
+    with pathlab.Path2(veth=True) as p:
+        agent = p.popen_b("serve", "--bind", pathlab.B_ADDR, "--token", TOKEN, "--once")
+        assert agent.stdout is not None
+        assert "listening on" in agent.stdout.readline()
+        doc = _probe((p, agent), "udp-truncate")
+        rows = {(r["pmtudisc"], r["size"]): r for r in _table(doc, "path_udp")["rows"]}
+        assert rows[("IP_PMTUDISC_DO", 1473)]["send"] == "EMSGSIZE"
+        assert rows[("IP_PMTUDISC_WANT", 5888)]["delivered"] is True
