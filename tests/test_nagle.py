@@ -117,6 +117,8 @@ def test_write_write_read_finding_explains_only_stalls_it_measured(report):
     assert f"tcpi_ato) read {row['server_ato_ms']:g} ms" in text
     # On loopback the smoothed RTT is far below 40 ms: the timer is at its floor.
     assert "at its floor, TCP_ATO_MIN (40 ms)" in text
+    # A longer RTT does not lengthen the timer in write-write-read (ato never grows).
+    assert "follows the RTT" not in text and "follows the RTT" not in " ".join(report.notes)
 
 
 def test_delayed_ack_timer_rule():
@@ -124,6 +126,10 @@ def test_delayed_ack_timer_rule():
     assert wwr.delack_timeout_ms(120.0, 0.05) == 40.0  # bounded by max(srtt, 40 ms)
     assert wwr.delack_timeout_ms(120.0, 90.0) == 90.0  # follows the RTT
     assert wwr.delack_timeout_ms(400.0, 300.0) == 200.0  # TCP_DELACK_MAX
+    # tcp_delack_max(): a route's locked rto_min below 200 ms caps the timer too.
+    assert wwr.delack_timeout_ms(40.0, 0.05, 10.0) == 10.0
+    assert wwr.delack_timeout_ms(40.0, 0.05, 100.0) == 40.0
+    assert wwr.delack_timeout_ms(120.0, 90.0, 60.0) == 60.0
     assert wwr.cork_flush_ms(204.0) == 204.0
     assert wwr.cork_flush_ms(20.0) == 200.0
 
@@ -347,6 +353,45 @@ def test_a_quickack_route_removes_the_stall_and_the_sentences_say_why(netns):
     assert f"more than the kernel's quick-ACK budget of {qs['budget']}" in qs_text
 
 
+def test_a_route_rto_min_below_40ms_shortens_the_stall_and_the_sentences_follow(netns):
+    """tcp_delack_max(): the delayed-ACK timer of an interactive receiver is capped at
+    the route's locked rto_min. With rto_min 20ms on the loopback route the Nagle stall
+    is about 20 ms, not 40 ms: the stall threshold, the counts and the sentence follow
+    the route read through rtnetlink, and the quick-ACK start still sees its budget end
+    (it must not report delayed ACKs as off)."""
+    code = (
+        "import json\n"
+        "from sockprobe.probes import nagle\n"
+        "r = nagle.run(nagle.Params(modes=('nagle', 'nodelay'), rounds=8, writes=20, "
+        "reader='idle', fixes=('none',)))\n"
+        "print(json.dumps(r.to_dict()))\n"
+    )
+    proc = netns.in_netns(
+        code,
+        setup=[
+            "ip route change local 127.0.0.1 dev lo table local proto kernel scope host "
+            "src 127.0.0.1 rto_min 20ms"
+        ],
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    tables = {t["id"]: t for t in doc["tables"]}
+    nagle_row = next(r for r in tables["wwr"]["rows"] if r["mode"] == "nagle")
+    # The timer fires on a jiffy tick at most 20 ms after it is armed; the 40 ms default
+    # would put the median above 40 ms. A loaded host can only make rounds later, so the
+    # upper margin is the one that could fail by noise: 35 ms is still 5 ms under 40.
+    assert 10.0 <= nagle_row["median_ms"] < 35.0
+    assert nagle_row["stalled"] >= 8 - 2
+    wwr_text = next(f for f in doc["findings"] if f.startswith("Write-write-read"))
+    assert "Nagle rounds took >= 15 ms" in wwr_text
+    assert "a route rto_min of 20 ms" in wwr_text
+    assert "below TCP_ATO_MIN (40 ms): the route's rto_min (20 ms) caps it" in wwr_text
+    qs = tables["quickack_start"]["rows"][0]
+    assert qs["immediate_acks"] == qs["budget"] and qs["delayed_acks"] > 0
+    assert 10.0 <= qs["first_delayed_ms"] < 35.0
+    assert not any("delayed ACKs are off" in f for f in doc["findings"])
+
+
 def test_leaves_no_time_wait_behind(netns):
     """Issue 13: connections whose experiment is over are closed abortively
     (SO_LINGER {1, 0}), so the probe leaves no TIME_WAIT in the kernel."""
@@ -375,3 +420,15 @@ def test_exhausted_port_range_exits_3_naming_the_range(netns, probe):
         "the ephemeral port range 40000-40003 (net.ipv4.ip_local_port_range, 4 ports)" in err
         or "EADDRNOTAVAIL" in err
     )
+
+
+def test_the_gso_note_uses_the_mss_tcp_info_read_not_a_loopback_constant(report):
+    """tcpi_snd_mss is bounded by half the largest window the peer offered
+    (include/net/tcp.h tcp_bound_to_half_wnd, from tcp_sync_mss), so on a fresh loopback
+    connection it can read 32,768 B, and over ::1 or another MTU it differs again: the
+    note quotes what this run read."""
+    rows = [r for r in report.get("wwr").rows if isinstance(r.get("median_ms"), float)]
+    assert rows
+    text = " ".join(report.notes)
+    assert "65,483 B on loopback" not in text
+    assert "never fill an MSS (" in text and "B, tcpi_snd_mss)" in text

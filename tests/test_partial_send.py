@@ -340,3 +340,23 @@ def test_leaves_no_time_wait_behind(netns):
     proc = netns.in_netns(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0"
+
+
+def test_timeline_queues_count_received_unacked_bytes_twice(report):
+    """SIOCOUTQ (write_seq - snd_una) and SIOCINQ (rcv_nxt - copied_seq, tcp_ioctl): the
+    receiver reads nothing, so every accepted byte is in the sender's queue, the
+    receiver's, or both (received, ACK not yet back): the sum never falls short of the
+    cumulative count, and SIOCOUTQ never exceeds it. The note must not call the sum what
+    the kernel holds without that condition."""
+    rows = [
+        r
+        for r in report.get("timeline").rows
+        if isinstance(r["cumulative"], int) and isinstance(r["sender_outq"], int)
+    ]
+    assert rows
+    for r in rows:
+        assert r["sender_outq"] <= r["cumulative"], r
+        assert r["sender_outq"] + r["receiver_inq"] >= r["cumulative"], r
+    text = " ".join(report.notes)
+    assert "tell how much the kernel holds" not in text
+    assert "once the receiver has acknowledged what it queued" in text

@@ -316,8 +316,29 @@ def test_path_rtt_and_write_write_read_follow_the_delay_line(path):
     assert ato is not None and ato >= 40
     assert rows["nagle"]["stalled_rounds"] >= 6
     assert 2 * rtt + 0.5 * ato <= rows["nagle"]["median_ms"] <= 2 * rtt + ato + 25
+    assert rows["nagle"]["peer_delack_ms"] == min(ato, 200.0)  # srtt 20 ms < 40 ms
     finding = doc["findings"][0]
-    assert "predicted 2 RTT + ato" in finding
+    assert "predicted 2 RTT + timer" in finding
+
+
+@needs_path
+def test_a_longer_path_adds_round_trips_not_a_longer_delayed_ack():
+    """ato grows only while segments arrive less than ato apart (tcp_event_data_recv);
+    a request's pieces arrive a delayed ACK plus a round trip apart, so on a 100 ms path
+    the peer's timer stays at 40 ms: a stalled round costs 2 RTT + 40 ms (240 ms), not
+    2 RTT + RTT (300 ms) as a timer that followed the RTT would make it."""
+    with pathlab.Path2(delay_ms=50.0) as p:
+        agent = p.popen_b("serve", "--bind", pathlab.B_ADDR, "--token", TOKEN, "--once")
+        assert agent.stdout is not None
+        assert "listening on" in agent.stdout.readline()
+        doc = _probe((p, agent), "nagle", "--rounds", "6")
+    rows = {r["mode"]: r for r in _table(doc, "path_wwr")["rows"]}
+    rtt = rows["nodelay"]["min_ms"]
+    assert abs(rtt - 100.0) <= 10.0
+    assert rows["nagle"]["peer_ato_ms"] == rows["nagle"]["peer_delack_ms"] == 40.0
+    assert rows["nagle"]["stalled_rounds"] >= 4
+    # Halfway between the two predictions: 30 ms of room for a loaded host each way.
+    assert 2 * rtt + 20.0 <= rows["nagle"]["median_ms"] < 2 * rtt + 70.0
 
 
 @needs_path
@@ -327,9 +348,13 @@ def test_path_mss_and_udp_fragmentation(path):
     assert rows[("IP_PMTUDISC_WANT", 1473)]["delivered"] is True
     assert rows[("IP_PMTUDISC_DO", 1473)]["send"] == "EMSGSIZE"
     assert rows[("IP_PMTUDISC_DO", 1472)]["delivered"] is True
+    # The sender sets WANT itself; it is called the default only as inet_create() makes
+    # it one: net.ipv4.ip_no_pmtu_disc is 0 in a fresh namespace.
+    assert any("net.ipv4.ip_no_pmtu_disc = 0" in f for f in doc["findings"])
     doc = _probe(path, "framing")
     (row,) = _table(doc, "path_framing")["rows"]
     assert row["mss"] == 1448  # 1500 - 20 (IP) - 20 (TCP) - 12 (timestamps)
+    assert any(f"all {row['bytes']:,} B arrived" in f for f in doc["findings"])
 
 
 @needs_path
@@ -348,6 +373,25 @@ def test_path_partial_send_delivers_every_byte(path):
     assert row["received_b"] == 300000
     assert 0 < row["held_b"] < 300000
     assert abs(row["rtt_ms"] - 2 * DELAY_MS) <= 0.25 * 2 * DELAY_MS
+
+
+@needs_path
+def test_path_throughput_is_timed_after_the_pause_and_names_the_send_buffer(path):
+    """The transfer is timed on the peer from its wake-up, so the pause is not in it;
+    with a 32 KiB send buffer on a 20 ms path the sender can keep only about 32 KiB in
+    flight (about 1.6 MB/s), and the finding must say the send buffer is the limit, not
+    the peer's autotuned receive buffer (read at the end: it only grows)."""
+    doc = _probe(path, "partial-send", "--size", "1048576")
+    (row,) = _table(doc, "path_bulk")["rows"]
+    rtt_s = row["rtt_ms"] / 1000
+    cap = row["so_sndbuf_b"] / rtt_s / 1e6
+    # Timed with the pause inside, 1 MiB at this cap would read about 1.1 MB/s; timed
+    # from the wake-up it reads near the cap (a write may overshoot the buffer by one
+    # segment being filled, hence the upper margin).
+    assert 0.75 * cap <= row["throughput_mb_s"] <= 1.5 * cap
+    assert row["peer_so_rcvbuf_end_b"] >= row["peer_so_rcvbuf_b"]
+    text = next(f for f in doc["findings"] if f.startswith("After the pause"))
+    assert "this host's send buffer is the likely limit" in text
 
 
 @needs_path

@@ -424,3 +424,22 @@ def test_below_ipv6s_minimum_mtu_the_ipv6_rows_say_why():
     row = r.get("mtu").find(case="v6_over")
     assert isinstance(row["send_outcome"], NA) and "1,280" in row["send_outcome"].reason
     assert r.get("mtu").find(case="over_do")["send_outcome"] == "EMSGSIZE"  # IPv4 still ran
+
+
+@linux_only
+def test_a_request_below_the_floor_reads_back_sock_min_rcvbuf_and_the_sentence_says_so():
+    """__sock_set_rcvbuf() raises max(2 x min(requested, rmem_max), SOCK_MIN_RCVBUF): a
+    1,000 B request reads back the floor (2048 + sizeof(struct sk_buff), build-dependent,
+    so it is read with SO_RCVBUF 0), not 2,000 B; the finding names the floor."""
+    from sockprobe.probes.udp_truncate import overflow
+
+    rmem_max = kernel.sysctl_int("net.core.rmem_max")
+    r = udp_truncate.run(udp_truncate.Params(sizes=(10,), burst=20, burst_rcvbuf=(1000,), mtu=0))
+    row = r.get("overflow").find(rcvbuf_requested=1000)
+    assert row["rcvbuf_effective"] > 2000  # the floor, not the doubled request
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
+        floor = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    assert row["rcvbuf_effective"] == floor == overflow.expected_rcvbuf(1000, rmem_max, floor)
+    text = next(f for f in r.findings if "SO_RCVBUF 1,000 requested" in f)
+    assert "the kernel's floor SOCK_MIN_RCVBUF" in text and "2,000 is below it" in text

@@ -18,7 +18,7 @@ from sockprobe import kernel
 from sockprobe.lab import Lab
 from sockprobe.peer.client import Peer
 from sockprobe.peer.steps import STEP_BYTES, Rule, ServerHalf, register
-from sockprobe.report import VOLATILE, Report, col
+from sockprobe.report import NA, VOLATILE, Report, col
 
 
 @register
@@ -50,12 +50,21 @@ class TcpSink(ServerHalf):
         self.lab.close(self.lst)
         time.sleep(min(self.p["pause"], self.lab.deadline.remaining()))
         self.info["rcvbuf"] = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        # The transfer proper is timed here, on the reader's clock: from waking up to
+        # EOF, less what was already queued (read at once, not carried by the path).
+        queued = kernel.inq(conn)
+        t0 = time.monotonic()
         while self.got <= STEP_BYTES:
             conn.settimeout(self.lab.deadline.timeout(None, "draining"))
             chunk = conn.recv(1 << 20)
             if not chunk:
                 break
             self.got += len(chunk)
+        self.info["drain_s"] = time.monotonic() - t0
+        self.info["queued_at_wake"] = queued
+        # Autotuning (tcp_rcv_space_adjust) only grows an unlocked buffer while the
+        # application reads: the value at the end is the largest it reached.
+        self.info["rcvbuf_end"] = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         ti = kernel.tcp_info(conn)
         if ti is not None:
             self.info.update(rcv_mss=ti.rcv_mss, rtt_ms=ti.rtt_us / 1000)
@@ -91,18 +100,20 @@ def run(peer: Peer, lab: Lab, report: Report, size: int, sndbuf: int) -> None:
         pass
     held = first + second
     c.settimeout(lab.deadline.timeout(None, "sending the rest"))
-    t0 = time.monotonic()
     c.sendall(data[held:])
     c.shutdown(socket.SHUT_WR)
     ti = kernel.tcp_info(c)
     snd = c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     far = peer.finish("tcp_sink")
-    elapsed = max(1e-6, time.monotonic() - t0)
     lab.close(c)
     received = int(far.get("received") or 0)
     rtt_ms = ti.rtt_us / 1000 if ti else None
-    rate = (size - held) / elapsed
-    bdp = int(rate * rtt_ms / 1000) if rtt_ms else None
+    drain_s = far.get("drain_s")
+    queued = far.get("queued_at_wake")
+    carried = received - (queued if isinstance(queued, int) else 0)
+    rate = carried / drain_s if isinstance(drain_s, (int, float)) and drain_s > 0 else None
+    bdp = int(rate * rtt_ms / 1000) if rate is not None and rtt_ms else None
+    rcvbuf_end = far.get("rcvbuf_end")
     t = report.table(
         "path_bulk",
         f"partial-send across the path to {peer.name}: {size:,} B, the peer reading nothing "
@@ -111,47 +122,66 @@ def run(peer: Peer, lab: Lab, report: Report, size: int, sndbuf: int) -> None:
             col("accepted_first_b", "first send() took", "B", VOLATILE),
             col("held_b", "held while the peer slept", "B", VOLATILE),
             col("so_sndbuf_b", "SO_SNDBUF (read back)", "B"),
-            col("peer_so_rcvbuf_b", "peer SO_RCVBUF (read back)", "B", VOLATILE),
+            col("peer_so_rcvbuf_b", "peer SO_RCVBUF after the pause", "B", VOLATILE),
+            col("peer_so_rcvbuf_end_b", "peer SO_RCVBUF at the end", "B", VOLATILE),
             col("received_b", "peer received", "B"),
             col("rtt_ms", "RTT (tcpi_rtt)", "ms", VOLATILE),
-            col("throughput_mb_s", "throughput after the pause", "MB/s", VOLATILE),
+            col("throughput_mb_s", "throughput after the pause (peer's clock)", "MB/s", VOLATILE),
             col("bdp_b", "bandwidth x delay", "B", VOLATILE),
         ],
         keys=["so_sndbuf_b"],
     )
+    no_rtt = NA("TCP_INFO is not available here")
+    no_rate = NA("the peer did not time its reads")
     t.add(
         first,
         held,
         snd,
         far.get("rcvbuf"),
+        rcvbuf_end if isinstance(rcvbuf_end, int) else NA("the peer did not read it"),
         received,
-        round(rtt_ms, 2) if rtt_ms else None,
-        round(rate / 1e6, 2),
-        bdp,
+        round(rtt_ms, 2) if rtt_ms else no_rtt,
+        no_rate if rate is None else round(rate / 1e6, 2),
+        (no_rtt if not rtt_ms else no_rate) if bdp is None else bdp,
+    )
+    speed = (
+        "" if rate is None or not rtt_ms else f"; {rate / 1e6:.2f} MB/s over {rtt_ms:.2f} ms RTT"
     )
     report.summary = (
         f"while the peer slept this host's kernel took {held:,} of {size:,} B; the peer "
-        f"received {received:,} B; {rate / 1e6:.2f} MB/s over {rtt_ms or 0:.2f} ms RTT"
+        f"received {received:,} B{speed}"
     )
     report.findings.append(
         f"While the peer read nothing, this host's kernel took {held:,} of {size:,} B "
         f"({first:,} in the first send()); the rest waited for the peer to read. The peer "
         f"received {received:,} B" + (", every byte" if received == size else f" of {size:,}") + "."
     )
-    peer_rcvbuf = far.get("rcvbuf")
-    if bdp is not None and rtt_ms and isinstance(peer_rcvbuf, int):
-        # The rule: throughput <= window / RTT. The peer's receive buffer bounds the
-        # window it can advertise (less its overhead share, tcp_adv_win_scale's job
-        # before 6.6, the truesize ratio since), so window / RTT is an upper bound.
-        cap = peer_rcvbuf / (rtt_ms / 1000)
-        verdict = (
-            "so the receive window could not have been what limited it"
-            if cap > rate * 1.5
-            else "so the receive window is a likely limit"
-        )
-        report.findings.append(
-            f"After the pause the transfer ran at {rate / 1e6:.2f} MB/s over a {rtt_ms:.2f} ms "
-            f"round trip: a bandwidth-delay product of {bdp:,} B. The peer's receive buffer "
-            f"of {peer_rcvbuf:,} B allows at most {cap / 1e6:.1f} MB/s at this RTT "
-            f"(buffer / RTT), {verdict}; this host's send buffer is {snd:,} B."
-        )
+    if rate is not None and bdp is not None and rtt_ms and isinstance(rcvbuf_end, int):
+        report.findings.append(limit_finding(rate, rtt_ms, bdp, snd, rcvbuf_end))
+
+
+def limit_finding(rate: float, rtt_ms: float, bdp: int, sndbuf: int, rcvbuf: int) -> str:
+    """Which buffer could have capped the transfer. A connection keeps about its send
+    buffer of unacknowledged bytes in flight (a write may overshoot it by the segment
+    being filled) (the buffer holds each byte until its
+    ACK, tcp_sendmsg waiting in sk_stream_wait_memory), and at most the window the
+    peer's receive buffer lets it advertise (less the buffer's overhead share:
+    tcp_win_from_space), so each allows at most buffer / RTT; the peer's buffer is
+    taken at the end of the transfer, the largest autotuning made it."""
+    rtt = rtt_ms / 1000
+    snd_cap, rcv_cap = sndbuf / rtt, rcvbuf / rtt
+    low_name, low = (
+        ("this host's send buffer", snd_cap)
+        if snd_cap <= rcv_cap
+        else ("the peer's receive buffer", rcv_cap)
+    )
+    text = (
+        f"After the pause the transfer ran at {rate / 1e6:.2f} MB/s over a {rtt_ms:.2f} ms "
+        f"round trip: a bandwidth-delay product of {bdp:,} B. At this RTT this host's send "
+        f"buffer of {sndbuf:,} B allows about {snd_cap / 1e6:.1f} MB/s and the "
+        f"peer's receive buffer of {rcvbuf:,} B (at the end) at most {rcv_cap / 1e6:.1f} "
+        "MB/s (buffer / RTT)"
+    )
+    if rate >= 0.5 * low:
+        return text + f": {low_name} is the likely limit."
+    return text + ": neither buffer was what limited it."

@@ -18,7 +18,7 @@ from sockprobe.lab import Lab
 from sockprobe.peer.client import Peer
 from sockprobe.peer.steps import STEP_BYTES, Rule, ServerHalf, register
 from sockprobe.probes import plural
-from sockprobe.report import VOLATILE, Report, col
+from sockprobe.report import NA, VOLATILE, Report, col
 
 HEADER = struct.Struct("!I")
 
@@ -105,14 +105,28 @@ def run(peer: Peer, lab: Lab, report: Report, sizes: tuple[int, ...], read_size:
         keys=["messages"],
     )
     mss = ti.snd_mss if ti is not None else None
-    t.add(len(messages), pos, len(reads), intact, split, merged, mss)
+    t.add(
+        len(messages),
+        pos,
+        len(reads),
+        intact,
+        split,
+        merged,
+        NA("TCP_INFO is not available here") if mss is None else mss,
+    )
+    path = "across the path" if mss is None else f"across the path (MSS {mss:,} B)"
     report.summary = (
-        f"{len(messages)} messages across the path (MSS {mss} B) came back as "
+        f"{len(messages)} messages {path} came back as "
         f"{plural(len(reads), 'read')}: {intact} intact, {split} split, {merged} merged"
     )
+    got = sum(reads)
     report.findings.append(
-        f"Across the path (MSS {mss} B) the peer's recv({read_size}) returned "
+        f"{path[0].upper()}{path[1:]} the peer's recv({read_size}) returned "
         f"{len(messages)} messages in {plural(len(reads), 'read')}: {intact} intact, "
-        f"{split} split, {merged} sharing a read with another; the byte count matched"
-        + (" exactly." if sum(reads) == pos else f" {sum(reads):,} of {pos:,} B.")
+        f"{split} split, {merged} sharing a read with another; "
+        + (
+            f"all {pos:,} B arrived."
+            if got == pos
+            else f"the peer read {got:,} of the {pos:,} B sent before the connection ended."
+        )
     )

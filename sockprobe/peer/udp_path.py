@@ -93,6 +93,23 @@ def _snmp_ip(name: str) -> int | None:
     return int(heads[1][heads[0].index(name)])
 
 
+def _default_note() -> str:
+    """Whether WANT is what a new socket here starts with: inet_create()
+    (net/ipv4/af_inet.c) picks DONT when net.ipv4.ip_no_pmtu_disc is non-zero."""
+    from sockprobe import kernel
+    from sockprobe.probes.udp_truncate.mtu import default_pmtudisc
+
+    v = kernel.sysctl_int("net.ipv4.ip_no_pmtu_disc")
+    if v is None:
+        return ""
+    d = default_pmtudisc(v)
+    return (
+        " (a new socket's default here: net.ipv4.ip_no_pmtu_disc = 0)"
+        if d == "WANT"
+        else f" (set: a new socket here starts with {d}, net.ipv4.ip_no_pmtu_disc = {v})"
+    )
+
+
 def run(peer: Peer, lab: Lab, report: Report) -> None:
     if ":" in peer.address:
         report.notes.append("The UDP path experiment is IPv4 only (IP_MTU_DISCOVER).")
@@ -165,7 +182,7 @@ def run(peer: Peer, lab: Lab, report: Report) -> None:
     )
     report.findings.append(
         f"The path MTU read with IP_MTU is {mtu} B, so one packet carries at most {fits} B "
-        f"of UDP payload. With the default IP_PMTUDISC_WANT, {whole} of {len(want_big)} "
+        f"of UDP payload. With IP_PMTUDISC_WANT{_default_note()}, {whole} of {len(want_big)} "
         f"larger datagrams were fragmented here and delivered whole"
         + (f" ({frag} fragments created)" if isinstance(frag, int) else "")
         + "; with IP_PMTUDISC_DO "

@@ -8,10 +8,13 @@ agent's delayed-ACK timeout, tcpi_ato):
   when that ACK arrives, the reply comes back: about 2 RTT. A connection starts in
   quick-ACK mode (tcp_incr_quickack() in net/ipv4/tcp_input.c, at most TCP_MAX_QUICKACKS,
   16, immediate ACKs) so the first rounds cost this.
-- Nagle, delayed ACK: the agent holds the first ACK for its delayed-ACK timeout, so the
-  round costs about 2 RTT + ato. The timeout starts at TCP_ATO_MIN (40 ms) and follows
-  the gaps between arriving segments (tcp_event_data_recv()), so on a long path it is
-  not the loopback's fixed 40 ms.
+- Nagle, delayed ACK: the agent holds the first ACK for its delayed-ACK timer, so the
+  round costs about 2 RTT + that timer. The timer is min(ato, max(srtt, 40 ms),
+  tcp_delack_max) (tcp_output.c tcp_send_delayed_ack; tcp_delack_max is 200 ms or the
+  route's locked rto_min when lower), computed from the agent's tcpi_ato, tcpi_rtt and
+  its route back to this host. ato starts at TCP_ATO_MIN (40 ms) and grows only while
+  segments arrive less than ato apart (tcp_event_data_recv()), which a request's two
+  pieces never do, so a longer path adds round trips, not a longer timer.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from sockprobe.lab import Lab
 from sockprobe.peer.client import Peer
 from sockprobe.peer.steps import STEP_BYTES, Rule, ServerHalf, register
 from sockprobe.probes import plural
-from sockprobe.report import VOLATILE, Report, col
+from sockprobe.probes.nagle.wwr import delack_timeout_ms
+from sockprobe.report import NA, VOLATILE, Report, col
 
 
 @register
@@ -54,6 +58,8 @@ class TcpEcho(ServerHalf):
         # The reply must not wait on Nagle itself: only the controller's writes are
         # under test.
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The route back to the controller can cap this side's delayed-ACK timer.
+        rto_min = _route_rto_min_ms(conn.getpeername()[0])
         total = 0
         for _ in range(self.p["rounds"]):
             got = 0
@@ -75,6 +81,7 @@ class TcpEcho(ServerHalf):
                     "rtt_ms": ti.rtt_us / 1000,
                     "rcv_mss": ti.rcv_mss,
                     "snd_mss": ti.snd_mss,
+                    "rto_min_ms": rto_min,
                 }
 
     def finish(self) -> dict[str, Any]:
@@ -83,6 +90,28 @@ class TcpEcho(ServerHalf):
 
 
 MODES = ("nagle", "nodelay")
+
+
+def _route_rto_min_ms(address: str) -> float | None:
+    """The locked rto_min of this host's route to `address` (kernel/route.py), or None."""
+    if not kernel.IS_LINUX:
+        return None
+    from sockprobe.kernel import route
+
+    try:
+        return route.rto_min_ms(address)
+    except OSError:
+        return None
+
+
+def _timer_ms(far: dict[str, Any]) -> float | None:
+    """The delayed-ACK timer the agent arms, from what it read (None when it could not
+    read TCP_INFO)."""
+    ato, srtt = far.get("ato_ms"), far.get("rtt_ms")
+    if ato is None or srtt is None:
+        return None
+    rto_min = far.get("rto_min_ms")
+    return delack_timeout_ms(float(ato), float(srtt), None if rto_min is None else float(rto_min))
 
 
 def _round_trips(peer: Peer, lab: Lab, mode: str, rounds: int, size: int) -> dict[str, Any]:
@@ -118,13 +147,53 @@ def _round_trips(peer: Peer, lab: Lab, mode: str, rounds: int, size: int) -> dic
     }
 
 
+def _finding(results: dict[str, dict[str, Any]], rtt: float, timer: float | None) -> str:
+    """Nagle against TCP_NODELAY across the path; a stall is predicted only from the
+    timer the peer read, and rounds are called quick only when they were."""
+    nodelay = statistics.median(results["nodelay"]["rtts"])
+    nagle: list[float] = results["nagle"]["rtts"]
+    far = results["nagle"]["far"]
+    text = (
+        f"Across the path (round trip {rtt:.2f} ms, the fastest TCP_NODELAY round), "
+        f"TCP_NODELAY rounds took a median {nodelay:.2f} ms ({nodelay / rtt:.2f} RTT)."
+    )
+    if timer is None:
+        return text + (
+            f" With Nagle the median was {statistics.median(nagle):.2f} ms; the peer could "
+            "not read its delayed-ACK timeout (TCP_INFO), so no stall is predicted."
+        )
+    stall_at = 2 * rtt + timer / 2
+    quick = next((i for i, x in enumerate(nagle) if x >= stall_at), len(nagle))
+    stalled = [x for x in nagle if x >= stall_at]
+    if not stalled:
+        return text + (
+            " With Nagle no round reached 2 RTT + half the delayed-ACK timer: the peer "
+            f"acknowledged every first piece at once in these {len(nagle)} rounds."
+        )
+    start = " With Nagle "
+    if quick and all(x < 2.5 * rtt for x in nagle[:quick]):
+        start += (
+            f"{plural(quick, 'round')} at the start took under 2.5 RTT (the peer "
+            "acknowledged at once, in quick-ACK mode), then "
+        )
+    route = (
+        "" if far.get("rto_min_ms") is None else f", its route's rto_min {far['rto_min_ms']:g} ms"
+    )
+    return text + (
+        f"{start}{len(stalled)} of {len(nagle)} rounds took a median "
+        f"{statistics.median(stalled):.2f} ms against a predicted 2 RTT + timer = "
+        f"{2 * rtt + timer:.2f} ms (the peer's delayed-ACK timer {timer:g} ms: min(tcpi_ato "
+        f"{far['ato_ms']:g} ms, max(its srtt, 40 ms), 200 ms{route}), tcp_send_delayed_ack)."
+    )
+
+
 def run(peer: Peer, lab: Lab, report: Report, rounds: int, size: int) -> None:
     """The write-write-read table and findings across the path."""
     results = {m: _round_trips(peer, lab, m, rounds, size) for m in MODES}
     # The path's round trip: the fastest TCP_NODELAY round, which waits on nothing
     # but the path and the agent's read-and-reply.
     rtt = min(results["nodelay"]["rtts"])
-    ato = results["nagle"]["far"].get("ato_ms")
+    timer = _timer_ms(results["nagle"]["far"])
     t = report.table(
         "path_wwr",
         f"Write-write-read across the path to {peer.name}: {rounds} rounds of two {size} B "
@@ -136,16 +205,18 @@ def run(peer: Peer, lab: Lab, report: Report, rounds: int, size: int) -> None:
             col("max_ms", "max", "ms", VOLATILE),
             col("median_rtts", "median / path RTT", "", VOLATILE),
             col("quick_rounds", "rounds < 2.5 RTT", "", VOLATILE),
-            col("stalled_rounds", "rounds >= 2 RTT + ato/2", "", VOLATILE),
+            col("stalled_rounds", "rounds >= 2 RTT + timer/2", "", VOLATILE),
             col("peer_ato_ms", "peer ACK timeout (tcpi_ato)", "ms", VOLATILE),
+            col("peer_delack_ms", "peer delayed-ACK timer", "ms", VOLATILE),
         ],
         keys=["mode"],
     )
+    no_info = NA("the peer could not read TCP_INFO")
     for m in MODES:
         r = results[m]["rtts"]
         med = statistics.median(r)
-        far_ato = results[m]["far"].get("ato_ms")
-        stall_at = 2 * rtt + (far_ato or 40.0) / 2
+        far = results[m]["far"]
+        far_timer = _timer_ms(far)
         t.add(
             m,
             round(med, 3),
@@ -153,31 +224,11 @@ def run(peer: Peer, lab: Lab, report: Report, rounds: int, size: int) -> None:
             round(max(r), 3),
             round(med / rtt, 2) if rtt > 0 else None,
             sum(1 for x in r if x < 2.5 * rtt),
-            sum(1 for x in r if x >= stall_at),
-            far_ato,
+            no_info if far_timer is None else sum(1 for x in r if x >= 2 * rtt + far_timer / 2),
+            no_info if far.get("ato_ms") is None else far["ato_ms"],
+            no_info if far_timer is None else far_timer,
         )
-    nagle = results["nagle"]["rtts"]
-    quick = next((i for i, x in enumerate(nagle) if x >= 2 * rtt + (ato or 40.0) / 2), len(nagle))
-    stalled = [x for x in nagle if x >= 2 * rtt + (ato or 40.0) / 2]
-    sentence = (
-        f"Across the path (round trip {rtt:.2f} ms, the fastest TCP_NODELAY round), "
-        f"TCP_NODELAY rounds took a median {statistics.median(results['nodelay']['rtts']):.2f} ms "
-        f"({statistics.median(results['nodelay']['rtts']) / rtt:.2f} RTT)."
-    )
-    if stalled and ato is not None:
-        sentence += (
-            f" With Nagle {plural(quick, 'round')} at the start took about 2 RTT (the peer "
-            f"acknowledged at once, in quick-ACK mode), then {len(stalled)} of {len(nagle)} "
-            "rounds took a "
-            f"median {statistics.median(stalled):.2f} ms against a predicted 2 RTT + ato = "
-            f"{2 * rtt + ato:.2f} ms (the peer's delayed-ACK timeout read {ato:g} ms)."
-        )
-    elif not stalled:
-        sentence += (
-            f" With Nagle no round reached 2 RTT + half the delayed-ACK timeout: the peer "
-            f"acknowledged every first piece at once in these {len(nagle)} rounds."
-        )
-    report.findings.append(sentence)
+    report.findings.append(_finding(results, rtt, timer))
     med = {m: statistics.median(results[m]["rtts"]) for m in MODES}
     report.summary = (
         f"path RTT {rtt:.2f} ms; write-write-read median TCP_NODELAY {med['nodelay']:.2f} ms "

@@ -146,7 +146,7 @@ def _compose(
             )
         report.findings.append(text)
     report.summary = _headline(p, by_mode, coalesced)
-    _notes(report)
+    _notes(report, p, next((r.snd_mss for r in rows if r.snd_mss), None))
 
 
 def _headline(p: Params, by_mode: dict[str, wwr.Wwr], coalesced: list[coalescing.Coalesce]) -> str:
@@ -174,7 +174,26 @@ def _headline(p: Params, by_mode: dict[str, wwr.Wwr], coalesced: list[coalescing
     return "; ".join(parts)
 
 
-def _notes(report: Report) -> None:
+def _gso_clause(size: int, mss: int | None) -> str:
+    """Whether a counted segment is one captured packet: only while no write can fill
+    an MSS (the MSS read from TCP_INFO tcpi_snd_mss of a client connection: mss_cache,
+    which tcp_sync_mss (tcp_output.c) bounds at half the largest window the peer offered,
+    tcp_bound_to_half_wnd in include/net/tcp.h, so it is below the device's MSS on a new
+    connection)."""
+    if mss is None:
+        return ""
+    if size < mss:
+        return (
+            f"; the {size:,} B writes here never fill an MSS ({mss:,} B, tcpi_snd_mss), so "
+            "each counted segment is one captured packet"
+        )
+    return (
+        f"; writes of {size:,} B fill the MSS ({mss:,} B, tcpi_snd_mss), so a capture can "
+        "show fewer, larger packets than the counts"
+    )
+
+
+def _notes(report: Report, p: Params, mss: int | None) -> None:
     report.notes.extend(
         [
             "TCP is a byte stream: a receiver that reads late gets every write merged, whatever "
@@ -186,10 +205,14 @@ def _notes(report: Report) -> None:
             "896's rule holds small data while any data is unacknowledged; Minshall's lets a "
             "small write follow full-sized segments at once.",
             "Delayed ACKs: the receiver holds an ACK hoping to send it with data. Linux's "
-            "timeout starts at TCP_ATO_MIN (40 ms), adapts to the gaps between arriving "
-            "segments, and is bounded by max(RTT, 40 ms) and 200 ms for an interactive "
-            "connection (tcp_input.c tcp_event_data_recv, tcp_output.c tcp_send_delayed_ack): "
-            "on loopback it sits at the 40 ms floor, on a real path it follows the RTT. A new "
+            "timeout (ato) starts at TCP_ATO_MIN (40 ms) and grows only while segments arrive "
+            "less than ato apart (tcp_input.c tcp_event_data_recv); for an interactive "
+            "connection or a pushed segment the timer is capped at max(RTT, 40 ms) and at "
+            "tcp_delack_max: 200 ms, or the route's rto_min when lower (`ip route ... rto_min`; "
+            "tcp_output.c tcp_send_delayed_ack). In write-write-read ato stays at 40 ms on any "
+            "path whose route sets no lower rto_min (the test suite checks it over a 100 ms "
+            "delay line: stalled rounds cost 2 RTT + 40 ms), so a longer RTT adds round "
+            "trips, not a longer delayed ACK. A new "
             "connection's first data starts a quick-ACK budget of up to 16 immediate ACKs "
             "(tcp_input.c tcp_incr_quickack, TCP_MAX_QUICKACKS). Nagle on one side and a "
             "delayed ACK on the other is the write-write-read stall.",
@@ -205,9 +228,9 @@ def _notes(report: Report) -> None:
             "the sender resend a segment, by a loss probe or a timeout, even on loopback). "
             "TCP_INFO counts segments as TCP cut them, at most one MSS each. When the kernel "
             "passes several of them to the network device as one large packet (GSO), the "
-            "counters count each one while a capture shows one packet; the small writes here "
-            "never fill an MSS (65,483 B on loopback), so each counted segment is one captured "
-            "packet. To check: tcpdump -i lo -nn 'tcp src port <client port>' during a run, "
+            "counters count each one while a capture shows one packet"
+            + _gso_clause(p.size, mss)
+            + ". To check: tcpdump -i lo -nn 'tcp src port <client port>' during a run, "
             "counting lines with a length above 0 (ports are under Endpoints).",
             "The concurrent receiver is a child process (a thread would wait for this "
             "interpreter's GIL while the writer loops) on a CPU of its own, the writer on "

@@ -13,7 +13,8 @@ the first write-write-read round of a Nagle connection is fast.
 The experiment: a TCP_NODELAY client sends one byte at a time to a receiver that never
 reads and never replies, and waits for each byte's ACK (tcpi_unacked back to 0). Each
 ACK's delay is timed by the kernel (tcpi_last_data_sent - tcpi_last_ack_recv, jiffies
-resolution: 0 for an immediate ACK, about 40 ms for a delayed one), so a loaded host that
+resolution: 0 for an immediate ACK, about 40 ms for a delayed one, less where a route's
+rto_min caps the timer), so a loaded host that
 wakes the polling thread late cannot turn a quick ACK into a slow one; the wall-clock
 wait stands in only where those fields are missing.
 """
@@ -39,19 +40,27 @@ class QuickStart:
     #: data segment: the inputs of tcp_incr_quickack.
     rcv_wnd: int | None
     rcv_mss: int | None
+    #: The locked rto_min of the receiver's route back to the sender: it caps the
+    #: delayed-ACK timer of a pushed segment (see _wire.delack_max_ms).
+    route_rto_min_ms: float | None = None
+
+    @property
+    def stall_ms(self) -> float:
+        return w.stall_ms(self.route_rto_min_ms)
 
     @property
     def immediate(self) -> int:
         """ACKs that came back at once before the first delayed one."""
-        return next((i for i, t in enumerate(self.ack_ms) if t >= w.STALL_MS), len(self.ack_ms))
+        stall = self.stall_ms
+        return next((i for i, t in enumerate(self.ack_ms) if t >= stall), len(self.ack_ms))
 
     @property
     def delayed(self) -> int:
-        return sum(1 for t in self.ack_ms if t >= w.STALL_MS)
+        return sum(1 for t in self.ack_ms if t >= self.stall_ms)
 
     @property
     def first_delayed_ms(self) -> float | None:
-        return next((t for t in self.ack_ms if t >= w.STALL_MS), None)
+        return next((t for t in self.ack_ms if t >= self.stall_ms), None)
 
 
 def budget(rcv_wnd: int, rcv_mss: int) -> int:
@@ -68,7 +77,8 @@ def measure(lab: Lab, probes: int) -> QuickStart | None:
     if info is None or kernel.tcp_info(c) is None:
         lab.close_abortively(c, s)
         return None
-    qs = QuickStart([], None if win is None else win.rcv_wnd, info.rcv_mss)
+    rto_min = w.route_rto_min_ms(c.getsockname()[0])
+    qs = QuickStart([], None if win is None else win.rcv_wnd, info.rcv_mss, rto_min)
     for i in range(probes):
         t0 = time.perf_counter()
         c.settimeout(lab.deadline.timeout(5.0, "sending a quick-ACK probe"))
@@ -97,7 +107,7 @@ def table(report: Report, qs: QuickStart) -> None:
             col("receiver"),
             col("segments"),
             col("immediate_acks", "ACKed at once before the first delay", "", VOLATILE),
-            col("delayed_acks", f"ACKed after >= {w.STALL_MS:g} ms", "", VOLATILE),
+            col("delayed_acks", f"ACKed after >= {qs.stall_ms:g} ms", "", VOLATILE),
             col("first_delayed_ms", "first delayed ACK after", "ms", VOLATILE),
             col("rcv_wnd", "receiver rcv_wnd (tcpi_rcv_wnd)", "B"),
             col("rcv_mss", "receiver rcv_mss (tcpi_rcv_mss)", "B"),

@@ -36,6 +36,15 @@ class Wwr:
     #: The client's tcpi_rto, read after every round (its median): what a corked tail
     #: waits for (see cork_flush_ms).
     client_rto_ms: float | None
+    #: The locked rto_min of the server's route back to the client, which caps the
+    #: server's delayed-ACK timer (see _wire.delack_max_ms); None when the route has none.
+    route_rto_min_ms: float | None = None
+    #: The client's tcpi_snd_mss at the end (None without TCP_INFO).
+    snd_mss: int | None = None
+
+    @property
+    def stall_ms(self) -> float:
+        return w.stall_ms(self.route_rto_min_ms)
 
     @property
     def per_request(self) -> float | None:
@@ -52,12 +61,13 @@ class Wwr:
 
     @property
     def stalled(self) -> int:
-        return sum(1 for r in self.rtts_ms if r >= w.STALL_MS)
+        return sum(1 for r in self.rtts_ms if r >= self.stall_ms)
 
     @property
     def fast_first(self) -> int:
         """Rounds before the first stalled one (all of them when none stalled)."""
-        return next((i for i, r in enumerate(self.rtts_ms) if r >= w.STALL_MS), len(self.rtts_ms))
+        stall = self.stall_ms
+        return next((i for i, r in enumerate(self.rtts_ms) if r >= stall), len(self.rtts_ms))
 
 
 def _serve(
@@ -85,10 +95,13 @@ def _serve(
 
 def measure(lab: Lab, mode: str, p: Params) -> Wwr:
     c, s = w.pair(lab, mode, f"write-write-read {mode}")
+    # The server's ACKs travel its route to the client's address.
+    rto_min = w.route_rto_min_ms(c.getsockname()[0])
     server = lab.thread(_serve, s, mode, p.rounds, p.size, lab.deadline, name="sockprobe-nagle-srv")
     piece = b"q" * p.size
     rtts: list[float] = []
     rtos: list[float] = []
+    mss: int | None = None
     before = w.sent(c)
     if mode == "cork-held":
         w.cork(c, True)  # and never released: every request waits for the kernel's timer
@@ -110,20 +123,20 @@ def measure(lab: Lab, mode: str, p: Params) -> Wwr:
         info = kernel.tcp_info(c)
         if info is not None:
             rtos.append(info.rto_us / 1000)
+            mss = info.snd_mss
     after = w.sent(c)
     ato_ms, srtt_ms = w.result(server, lab.deadline, "serving write-write-read")
     lab.close_abortively(c, s)
     segs, retrans = w.delta(before, after)
     rto = statistics.median(rtos) if rtos else None
-    return Wwr(mode, rtts, segs, retrans, ato_ms, srtt_ms, rto)
+    return Wwr(mode, rtts, segs, retrans, ato_ms, srtt_ms, rto, rto_min, mss)
 
 
 # -- the kernel's rules these rows are read against ------------------------------------
 #: TCP_RTO_MIN (include/net/tcp.h): 200 ms, the floor of tcp_probe0_base().
 TCP_RTO_MIN_MS = 200.0
-#: TCP_ATO_MIN / TCP_DELACK_MIN and TCP_DELACK_MAX (include/net/tcp.h): 40 ms, 200 ms.
-TCP_ATO_MIN_MS = 40.0
-TCP_DELACK_MAX_MS = 200.0
+TCP_ATO_MIN_MS = w.TCP_ATO_MIN_MS
+TCP_DELACK_MAX_MS = w.TCP_DELACK_MAX_MS
 
 
 def cork_flush_ms(rto_ms: float) -> float:
@@ -135,34 +148,50 @@ def cork_flush_ms(rto_ms: float) -> float:
     return max(rto_ms, TCP_RTO_MIN_MS)
 
 
-def delack_timeout_ms(ato_ms: float, srtt_ms: float) -> float:
+def delack_timeout_ms(ato_ms: float, srtt_ms: float, rto_min_ms: float | None = None) -> float:
     """The delayed-ACK timer an interactive receiver arms (tcp_output.c
-    tcp_send_delayed_ack): its ato, and when that is above TCP_DELACK_MIN, at most
-    max(srtt, 40 ms) and at most TCP_DELACK_MAX (200 ms) in pingpong mode."""
-    if ato_ms <= TCP_ATO_MIN_MS:
-        return ato_ms
-    return min(ato_ms, max(srtt_ms, TCP_ATO_MIN_MS), TCP_DELACK_MAX_MS)
+    tcp_send_delayed_ack): its ato, at most tcp_delack_max() (TCP_DELACK_MAX, 200 ms, or
+    the route's rto_min when lower) and at most max(srtt, TCP_DELACK_MIN)."""
+    return min(ato_ms, w.delack_max_ms(rto_min_ms), max(srtt_ms, TCP_ATO_MIN_MS))
 
 
-def delack_text(ato_ms: float, srtt_ms: float) -> str:
-    """What the measured server timers say about delayed ACKs here and off loopback."""
-    timeout = delack_timeout_ms(ato_ms, srtt_ms)
-    where = (
-        f"at its floor, TCP_ATO_MIN ({TCP_ATO_MIN_MS:g} ms)"
-        if timeout <= TCP_ATO_MIN_MS
-        else f"above its {TCP_ATO_MIN_MS:g} ms floor"
-    )
+def delack_text(ato_ms: float, srtt_ms: float, rto_min_ms: float | None = None) -> str:
+    """What the measured server timers say about delayed ACKs here and off loopback.
+
+    ato grows only when a segment arrives less than ato after the previous one
+    (tcp_input.c tcp_event_data_recv: ato/2 + the gap); a request's second piece
+    arrives a delayed ACK plus a round trip after its first, so in write-write-read ato
+    stays at TCP_ATO_MIN and the RTT bound, max(RTT, 40 ms), can only lower the timer,
+    never raise it: a longer path adds its round trips, not a longer delayed ACK."""
+    timeout = delack_timeout_ms(ato_ms, srtt_ms, rto_min_ms)
+    cap = w.delack_max_ms(rto_min_ms)
+    if rto_min_ms is not None and cap < TCP_ATO_MIN_MS and timeout <= cap:
+        # The kernel also lowers the stored ato to the cap (tcpi_ato reads it, rounded to
+        # jiffies), so the reading can sit a little under the route's value.
+        where = (
+            f"below TCP_ATO_MIN ({TCP_ATO_MIN_MS:g} ms): the route's rto_min "
+            f"({rto_min_ms:g} ms) caps it (tcp_delack_max)"
+        )
+    elif timeout <= TCP_ATO_MIN_MS:
+        where = f"at its floor, TCP_ATO_MIN ({TCP_ATO_MIN_MS:g} ms)"
+    else:
+        where = f"above its {TCP_ATO_MIN_MS:g} ms floor"
+    route = "" if rto_min_ms is None else f" and a route rto_min of {rto_min_ms:g} ms"
     return (
         f"the server's delayed-ACK timeout (tcpi_ato) read {ato_ms:g} ms with a smoothed RTT "
-        f"of {srtt_ms:g} ms, so its timer is {timeout:g} ms, {where}; the kernel lets it "
-        f"grow with the gaps between arriving segments only up to max(RTT, "
-        f"{TCP_ATO_MIN_MS:g} ms) and {TCP_DELACK_MAX_MS:g} ms (tcp_send_delayed_ack), so on a "
-        "path whose RTT is above 40 ms this stall follows the RTT"
+        f"of {srtt_ms:g} ms{route}, so by those readings its timer is {timeout:g} ms, {where}; "
+        "the kernel "
+        f"arms min(ato, max(RTT, {TCP_ATO_MIN_MS:g} ms), {TCP_DELACK_MAX_MS:g} ms or the "
+        "route's rto_min) (tcp_send_delayed_ack), and ato grows only while segments "
+        "arrive less than ato apart (tcp_event_data_recv), which a request's two pieces "
+        "never do: on a longer path each round adds round trips, not a longer timer"
     )
 
 
 # -- table, chart, findings ------------------------------------------------------------
 def table(report: Report, p: Params, rows: list[Wwr]) -> None:
+    # Every connection runs on the same host address, so one threshold fits all rows.
+    stall = rows[0].stall_ms if rows else w.stall_ms(None)
     t = report.table(
         "wwr",
         f"Write-write-read: {p.rounds} rounds of two {p.size} B writes, then a {p.size} B "
@@ -172,7 +201,7 @@ def table(report: Report, p: Params, rows: list[Wwr]) -> None:
             col("median_ms", "median", "ms", VOLATILE),
             col("p90_ms", "p90", "ms", VOLATILE),
             col("max_ms", "max", "ms", VOLATILE),
-            col("stalled", f"stalled >= {w.STALL_MS:g} ms", "rounds", VOLATILE),
+            col("stalled", f"stalled >= {stall:g} ms", "rounds", VOLATILE),
             col("fast_first_rounds", "fast rounds before the first stall", "rounds", VOLATILE),
             col("data_segments_per_request", "data segments/request", "", VOLATILE),
             col("retransmitted", "retransmitted", "segments", VOLATILE),
@@ -227,22 +256,22 @@ def nagle_vs_nodelay(n: Wwr, d: Wwr, rounds: int) -> str:
     if not n.stalled:
         if len(n.rtts_ms) == 1:
             return text + (
-                f"; the one Nagle round took under {w.STALL_MS:g} ms: a connection's first "
+                f"; the one Nagle round took under {n.stall_ms:g} ms: a connection's first "
                 "request is acknowledged at once (its quick-ACK start, see quickack_start); "
                 "more --rounds show the stall."
             )
         return text + (
-            f"; no Nagle round took >= {w.STALL_MS:g} ms in {len(n.rtts_ms)}: the server "
+            f"; no Nagle round took >= {n.stall_ms:g} ms in {len(n.rtts_ms)}: the server "
             "acknowledged every first piece at once, so delayed ACKs are off on this path "
             "(a route with quickack 1, RTAX_QUICKACK, does that: tcp_input.c "
             "tcp_in_quickack_mode), and Nagle had nothing to wait for."
         )
-    text += f"; {n.stalled} of {len(n.rtts_ms)} Nagle rounds took >= {w.STALL_MS:g} ms"
+    text += f"; {n.stalled} of {len(n.rtts_ms)} Nagle rounds took >= {n.stall_ms:g} ms"
     per = n.per_request
     if per is not None:
         text += f", each request went out as {per:.2f} data segments"
     if n.server_ato_ms is not None and n.server_srtt_ms is not None:
-        text += "; " + delack_text(n.server_ato_ms, n.server_srtt_ms)
+        text += "; " + delack_text(n.server_ato_ms, n.server_srtt_ms, n.route_rto_min_ms)
     return text + (
         ". Nagle holds the second piece until the first is acknowledged, and the server "
         "delays that ACK because it has nothing to send until it has the whole request."

@@ -115,6 +115,9 @@ def run(params: Params) -> Report:
 
 
 def _notes(report: Report) -> None:
+    # SIOCOUTQ is write_seq - snd_una and SIOCINQ is rcv_nxt - copied_seq (net/ipv4/tcp.c
+    # tcp_ioctl, tcp_inq): a byte the receiver has queued but not yet acknowledged is in
+    # both, which is why the sum only equals what the kernels hold once the ACKs are out.
     report.notes.extend(
         [
             "send(2) returns the number of bytes the kernel accepted into the socket's send "
@@ -127,8 +130,11 @@ def _notes(report: Report) -> None:
             "Python's socket timeouts: the socket is non-blocking underneath and each call "
             "waits for writability up to the timeout; send() returns a partial count, "
             "sendall() keeps calling send() and, on timeout, raises without saying how much "
-            "went (the Python docs say so). SIOCOUTQ (sender) + SIOCINQ (receiver), tcp(7), "
-            "tell how much the kernel holds.",
+            "went (the Python docs say so). SIOCOUTQ (sender: bytes not yet acknowledged, "
+            "sent or not) + SIOCINQ (receiver: bytes queued, unread), tcp(7), add up to what "
+            "the two kernels hold once the receiver has acknowledged what it queued; until "
+            "its (delayed) ACK leaves, those bytes count in both, so a timeline row's sum can "
+            "exceed the bytes accepted.",
             "socket(7): the kernel caps a SO_SNDBUF / SO_RCVBUF request at "
             "net.core.wmem_max / rmem_max and then doubles it for bookkeeping overhead "
             "(tiny requests are raised to a floor). tcp(7): set buffer sizes before listen() "

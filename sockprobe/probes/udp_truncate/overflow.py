@@ -43,14 +43,29 @@ from sockprobe.report import CONTEXT, NA, VOLATILE, Bars, Cell, Report, col
 MARKER = b"\xff\xff\xff\xffmarker"
 
 
-def expected_rcvbuf(requested: int, rmem_max: int | None) -> int | None:
+def expected_rcvbuf(requested: int, rmem_max: int | None, floor: int | None = None) -> int | None:
     """SO_RCVBUF as __sock_set_rcvbuf() (net/core/sock.c) sets it: the request capped at
-    net.core.rmem_max, then doubled. The kernel also applies a floor (SOCK_MIN_RCVBUF,
-    about 4.5 KiB, from the size of struct sk_buff); below 4,096 B requested the rule is
-    not stated here (None), and neither without rmem_max."""
-    if rmem_max is None or requested < 4096:
+    net.core.rmem_max, doubled, and raised to SOCK_MIN_RCVBUF (2048 + the size of
+    struct sk_buff, so it depends on the build: `floor`, read back by min_rcvbuf()).
+    Without the floor the rule is stated only from 4,096 B requested; without rmem_max
+    not at all (None)."""
+    if rmem_max is None:
         return None
-    return min(requested, rmem_max) * 2
+    doubled = min(requested, rmem_max) * 2
+    if floor is None:
+        return doubled if requested >= 4096 else None
+    return max(doubled, floor)
+
+
+def min_rcvbuf(lab: Lab) -> int:
+    """SOCK_MIN_RCVBUF as this kernel has it: what SO_RCVBUF 0 reads back (the floor
+    __sock_set_rcvbuf() raises every request to)."""
+    s = lab.open_socket(socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
+        return int(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    finally:
+        lab.close(s)
 
 
 @dataclass
@@ -67,6 +82,8 @@ class Case:
     ns_rcvbuf_errors: int | None
     #: net.core.rmem_max when the case ran (host-wide: not settable per namespace).
     rmem_max: int | None = None
+    #: SOCK_MIN_RCVBUF, read back (see min_rcvbuf).
+    min_rcvbuf: int | None = None
 
     @property
     def dropped(self) -> int | None:
@@ -141,7 +158,11 @@ def measure_one(lab: Lab, p: Params, rcvbuf_requested: int) -> Case:
 
 
 def measure(lab: Lab, p: Params) -> list[Case]:
-    return [measure_one(lab, p, b) for b in p.burst_rcvbuf]
+    floor = min_rcvbuf(lab)
+    cases = [measure_one(lab, p, b) for b in p.burst_rcvbuf]
+    for c in cases:
+        c.min_rcvbuf = floor
+    return cases
 
 
 def add_table(report: Report, p: Params, family: int, cases: list[Case]) -> None:
@@ -232,9 +253,18 @@ def add_findings(report: Report, p: Params, family: int, cases: list[Case]) -> l
             if c.ns_rcvbuf_errors is not None
             else ""
         )
-        rule = expected_rcvbuf(c.rcvbuf_requested, c.rmem_max)
+        rule = expected_rcvbuf(c.rcvbuf_requested, c.rmem_max, c.min_rcvbuf)
+        doubled = min(c.rcvbuf_requested, c.rmem_max or 0) * 2
+        floored = (
+            c.min_rcvbuf is not None
+            and c.rmem_max is not None
+            and min(c.rcvbuf_requested, c.rmem_max) * 2 < c.min_rcvbuf
+        )
         why = (
-            f", as min(requested, net.core.rmem_max {n(c.rmem_max or 0)}) x 2 gives"
+            f": the kernel's floor SOCK_MIN_RCVBUF (what SO_RCVBUF 0 reads back), as "
+            f"min(requested, net.core.rmem_max) x 2 = {n(doubled)} is below it"
+            if floored and rule == c.rcvbuf
+            else f", as min(requested, net.core.rmem_max {n(c.rmem_max or 0)}) x 2 gives"
             if rule == c.rcvbuf
             else f"; the kernel's rule min(requested, rmem_max) x 2 gives {n(rule)}"
             if rule is not None
