@@ -109,7 +109,10 @@ class _Append(argparse.Action):
         for part in str(values).split(","):
             part = part.strip()
             if not part:
-                continue
+                raise UsageText(
+                    f"{option_string} {str(values)!r}: an empty item (give one or more "
+                    "values, separated by commas)"
+                )
             try:
                 item = self.convert(part)
             except argparse.ArgumentTypeError as exc:

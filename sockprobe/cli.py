@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -107,9 +108,9 @@ def _find(name: str) -> Command | None:
     return next((c for c in _commands() if c.name == name), None)
 
 
-def _usage_text() -> str:
+def _usage_text(columns: int | None = None) -> str:
     lines = [
-        f"usage: {PROG} COMMAND [OPTIONS]   ({PROG} COMMAND --help for one command's options)",
+        f"usage: {PROG} COMMAND [OPTIONS]; {PROG} COMMAND --help for its options",
         "",
         "Run small, real experiments against this kernel's socket layer and report what",
         "happened: every number in the tables and findings is measured in this run.",
@@ -118,7 +119,12 @@ def _usage_text() -> str:
     ]
     cmds = _commands()
     width = max(len(c.name) for c in cmds)
-    lines += [f"  {c.name:<{width}}  {c.question}" for c in cmds]
+    for c in cmds:
+        # Wrapped to the terminal when there is one; a pipe gets one line per command.
+        text = f"  {c.name:<{width}}  {c.question}"
+        lines += (
+            textwrap.wrap(text, columns, subsequent_indent=" " * (width + 4)) if columns else [text]
+        )
     lines += [
         "",
         "options: -h/--help, --version",
@@ -354,7 +360,7 @@ def _run_all(ns: argparse.Namespace, io: Output) -> int:
         head = fp.summary_report()
         # The one-screen answer by default: the summary, whose answer column is each
         # probe's headline; --full adds every probe's findings and tables.
-        reports = [head, *fp.reports] if ns.full else [head]
+        reports = [head, *fp.reports] if ns.full or fmt == "csv" else [head]
         io.write(_render(reports, ns, io))
     return int(ExitStatus.FAILURE) if fp.failed else 0
 
@@ -486,15 +492,34 @@ def _signals_as_interrupts() -> Iterator[None]:
             signal.signal(sig, h)
 
 
+#: Widths a table can be fitted to (below, no column can hold a word).
+WIDTH_MIN, WIDTH_MAX = 40, 1000
+
+
+def _refuse_conflicts(cmd: Command, ns: argparse.Namespace, args: list[str]) -> None:
+    """Options that contradict each other are a usage error, not a silent choice."""
+    fmt = getattr(ns, "format", None)
+    given_format = any(a in ("-f", "--format") or a.startswith("--format=") for a in args)
+    if getattr(ns, "json", False) and given_format and fmt != "json":
+        raise UsageText(f"--json and --format {fmt} contradict each other: give one")
+    width = getattr(ns, "width", None)
+    if width is not None and not (WIDTH_MIN <= width <= WIDTH_MAX):
+        raise UsageText(f"--width must be {WIDTH_MIN}..{WIDTH_MAX} columns, not {width}")
+    if getattr(ns, "table", None) is not None and ("json" if ns.json else fmt) != "csv":
+        raise UsageText("--table chooses a CSV table: it goes with --format csv")
+    if cmd.name == "all" and ns.summary and ns.full:
+        raise UsageText("--summary and --full contradict each other: give one")
+
+
 def _dispatch(argv: list[str], io: Output) -> int:
     if not argv:
-        io.write(_usage_text())
+        io.write(_usage_text(io.width(None)))
         return 0
     first = argv[0]
     if first in ("-h", "--help", "help"):
         if first == "help" and len(argv) > 1:
             return _dispatch([argv[1], "--help"], io)
-        io.write(_usage_text())
+        io.write(_usage_text(io.width(None)))
         return 0
     if first == "--version":
         io.write(f"{PROG} {__version__}\n")
@@ -509,6 +534,7 @@ def _dispatch(argv: list[str], io: Output) -> int:
     except HelpShown as shown_help:
         io.write(parser.format_help())
         return shown_help.status
+    _refuse_conflicts(cmd, ns, argv[1:])
     if cmd.name == "completion":
         io.write(completion_script(ns.shell))
         return 0

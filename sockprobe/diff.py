@@ -264,9 +264,18 @@ def _check_report(s: _Shape, rep: dict[str, Any], where: str) -> None:
         for k in s.arr(t.get("keys", []), f"{tw}.keys"):
             if s.text(k, f"{tw}.keys") not in keys:
                 raise s.fail(f"{tw}.keys", f"key column {k!r} is not one of the columns")
+        key_cols = list(t.get("keys", []))
+        seen: set[tuple[Any, ...]] = set()
         for r, row in enumerate(s.arr(t.get("rows"), f"{tw}.rows")):
             row = s.obj(row, f"{tw}.rows[{r}]")
             s.obj(row.get("na", {}), f"{tw}.rows[{r}].na")
+            for k, v in row.items():
+                if k != "na" and isinstance(v, (dict, list)):
+                    raise s.fail(f"{tw}.rows[{r}].{k}", f"a cell must be a value, found {_type(v)}")
+            ident = tuple(row.get(k) for k in key_cols)
+            if key_cols and ident in seen:
+                raise s.fail(f"{tw}.rows[{r}]", f"a second row with the keys {ident}")
+            seen.add(ident)
 
 
 def load(path: str) -> dict[str, Any]:

@@ -142,7 +142,14 @@ def run_all(
     try:
         for spec in specs:
             if spec.background and len(specs) > 1:
-                children[spec.name] = (_start_child(spec.name, host, deadline), time.monotonic())
+                try:
+                    children[spec.name] = (
+                        _start_child(spec.name, host, deadline),
+                        time.monotonic(),
+                    )
+                except OSError:
+                    pass  # this user cannot start the interpreter: the probe runs here
+
         # The probes that run here go first; the children's reports are collected after
         # them (their waits overlapped), and the outcomes keep the registry's order.
         order = [s for s in specs if s.name not in children] + [

@@ -71,20 +71,27 @@ def resolve_host(host: str) -> Host:
             raise UsageError(f"--host {shown!r}: no address") from None
         family, _, _, _, sockaddr = infos[0]
         ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
-        _refuse_non_unicast(shown, ip)
+        refuse_non_unicast(shown, ip)
         return Host(family, str(sockaddr[0]))
-    _refuse_non_unicast(shown, ip)
+    refuse_non_unicast(shown, ip)
     return Host(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))
 
 
-def _refuse_non_unicast(shown: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+def refuse_non_unicast(
+    shown: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, flag: str = "--host"
+) -> None:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:224.0.0.1 is 224.0.0.1
     if ip.is_unspecified:
         raise UsageError(
-            f"--host {shown}: a wildcard is not an address of this machine (a probe would "
+            f"{flag} {shown}: a wildcard is not an address of this machine (a probe would "
             "listen on every interface); give one, such as 127.0.0.1 or ::1"
         )
-    if ip.is_multicast or (ip.version == 4 and str(ip) == "255.255.255.255"):
-        raise UsageError(f"--host {shown}: a multicast or broadcast address, not a local one")
+    # 127.255.255.255 is the broadcast address of lo's 127.0.0.0/8 (the kernel's local
+    # table has it as type broadcast); other subnets' broadcast addresses need the
+    # interface's prefix, and a bind to one fails later with a message of its own.
+    if ip.is_multicast or (ip.version == 4 and str(ip) in ("255.255.255.255", "127.255.255.255")):
+        raise UsageError(f"{flag} {shown}: a multicast or broadcast address, not a local one")
 
 
 def require_local(host: Host, needs_ports: bool = True) -> None:
@@ -326,13 +333,20 @@ class Lab:
         is still running. For a peer that must not share this interpreter's GIL."""
         import subprocess
 
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=pass_fds,
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
+            )
+        except OSError as exc:
+            # An interpreter this user cannot run (a venv under a 0700 home) or no
+            # process left: the experiment that needs a second process cannot run.
+            raise Unsupported(
+                f"cannot start a child process ({argv[0]}): {oserror_text(exc)}"
+            ) from None
         self.processes.append(proc)
         return proc
 

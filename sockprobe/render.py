@@ -318,14 +318,15 @@ def _bars(chart: Bars, width: int, uni: bool) -> list[str]:
         for n, _v in segs:
             if n not in names:
                 names.append(n)
-    label_w = min(max((len(lbl) for lbl, _ in chart.bars), default=1), 24)
+    label_w = min(max((len(lbl) for lbl, _ in chart.bars), default=1), 24, max(6, width // 4))
     totals = [sum(max(0.0, v) for _, v in segs) for _, segs in chart.bars]
     top = max(totals, default=0.0)
     values_w = max((len(", ".join(_num(v) for _, v in segs)) for _, segs in chart.bars), default=1)
-    bar_w = max(10, width - label_w - values_w - 4)
+    bar_w = max(4, width - label_w - values_w - 4)
     unit = f" ({chart.unit})" if chart.unit else ""
     legend = ", ".join(f"{fills[i % len(fills)]} {n}" for i, n in enumerate(names))
-    lines = [f"{chart.title}{unit}" + (", log scale" if chart.log else ""), f"  {legend}"]
+    lines = _wrap(f"{chart.title}{unit}" + (", log scale" if chart.log else ""), width, "  ")
+    lines += _wrap(legend, width, "  ", "  ")
 
     def scale(v: float) -> float:
         if top <= 0:
@@ -360,10 +361,11 @@ def _histogram(chart: Histogram, width: int, uni: bool) -> list[str]:
     samples = [s for _, ss in chart.series for s in ss if s > 0 or not chart.log]
     if not samples:
         return [f"{chart.title}: no samples"]
-    label_w = min(max(len(lbl) for lbl, _ in chart.series), 16)
     medians = [sorted(ss)[len(ss) // 2] for _, ss in chart.series if ss]
     tail = 9 + max((len(_num(m)) for m in medians), default=3)  # "| median " + the number
-    bins = max(10, min(60, width - label_w - 4 - tail))
+    # Labels give way first (down to 6 letters), then the bins (down to 8).
+    label_w = min(max(len(lbl) for lbl, _ in chart.series), 16, max(6, width - 4 - tail - 8))
+    bins = max(8, min(60, width - label_w - 4 - tail))
     lo, hi = min(samples), max(samples)
     a: float
     b: float
@@ -381,7 +383,7 @@ def _histogram(chart: Histogram, width: int, uni: bool) -> list[str]:
             return min(bins - 1, int((x - a) / (b - a) * bins))
 
     unit = f" ({chart.unit}" + (", log scale)" if chart.log else ")")
-    lines = [f"{chart.title}{unit}"]
+    lines = _wrap(f"{chart.title}{unit}", width, "  ")
     for label, ss in chart.series:
         counts = [0] * bins
         for s in ss:

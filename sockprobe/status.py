@@ -91,6 +91,16 @@ def oserror_text(exc: OSError) -> str:
 _CODES = {int(c) for c in ExitStatus}
 
 
+def _nofile() -> str:
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return "RLIMIT_NOFILE"
+    return f"RLIMIT_NOFILE is {soft}; raise it with ulimit -n"
+
+
 def classify(exc: BaseException) -> tuple[ExitStatus, str]:
     """Map any exception to an exit status and a one-line message for stderr."""
     if isinstance(exc, Terminated):
@@ -102,11 +112,18 @@ def classify(exc: BaseException) -> tuple[ExitStatus, str]:
             f"{name}: stopped; every socket, thread and child process was cleaned up",
         )
     if isinstance(exc, KeyboardInterrupt):
-        return ExitStatus.INTERRUPTED, "interrupted; every socket and thread was cleaned up"
+        return (
+            ExitStatus.INTERRUPTED,
+            "interrupted; every socket, thread and child process was cleaned up",
+        )
     if isinstance(exc, SockprobeError):
         return exc.status, str(exc)
     if isinstance(exc, PermissionError):
-        return ExitStatus.UNSUPPORTED, f"not permitted here: {oserror_text(exc)}"
+        what = f" ({exc.filename})" if exc.filename else ""
+        return ExitStatus.UNSUPPORTED, f"not permitted here{what}: {oserror_text(exc)}"
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        # Out of descriptors is this process's or the system's limit, not a finding.
+        return ExitStatus.UNSUPPORTED, f"out of file descriptors: {oserror_text(exc)} ({_nofile()})"
     if isinstance(exc, OSError):
         return ExitStatus.FAILURE, f"unexpected socket error: {oserror_text(exc)}"
     return ExitStatus.FAILURE, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)"

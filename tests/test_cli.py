@@ -302,7 +302,7 @@ def test_ctrl_c_exits_130_after_cleaning_up():
     code, err, took = interrupt(["nagle", "--rounds", "200", "--mode", "nagle"], after=1.0)
     assert code == 130, err
     assert err.strip().splitlines() == [
-        "sockprobe: interrupted; every socket and thread was cleaned up"
+        "sockprobe: interrupted; every socket, thread and child process was cleaned up"
     ]
     assert took < 3.0
 
@@ -355,3 +355,50 @@ def test_all_jsonl_streams_one_report_per_probe():
     assert r.returncode == 0, r.stderr
     probes = [json.loads(x)["probe"] for x in r.stdout.splitlines()]
     assert sorted(probes) == ["framing", "kernel"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["nagle", "--json", "--format", "csv"],
+        ["nagle", "--width", "0"],
+        ["nagle", "--width", "5"],
+        ["nagle", "--width", "100000"],
+        ["nagle", "--table", "wwr", "--format", "json"],
+        ["nagle", "--mode", "nagle,,cork"],
+        ["all", "--only", ""],
+        ["all", "--summary", "--full"],
+        ["nagle", "--host", "127.255.255.255"],
+        ["nagle", "--host", "::ffff:224.0.0.1"],
+        ["nagle", "--peer", "[::1", "--token", "abcdefgh"],
+        ["nagle", "--token", "abcdefgh"],
+        ["nagle", "--peer", "127.0.0.1:7380"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_contradictions_and_malformed_values_are_usage_errors(args):
+    env_token = os.environ.pop("SOCKPROBE_TOKEN", None)
+    try:
+        code, out, err = run(*args)
+    finally:
+        if env_token is not None:
+            os.environ["SOCKPROBE_TOKEN"] = env_token
+    assert code == 2, (code, err)
+    assert out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_out_of_descriptors_is_exit_3_naming_the_limit():
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (6, 6));"
+            "from sockprobe.cli import main; sys.exit(main(['udp-truncate']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(ROOT),
+    )
+    assert r.returncode == 3, r.stderr
+    assert "RLIMIT_NOFILE" in r.stderr and len(r.stderr.strip().splitlines()) == 1

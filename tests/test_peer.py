@@ -404,3 +404,22 @@ def test_a_plain_veth_path_has_the_mtu_and_mss_loopback_lacks():
         rows = {(r["pmtudisc"], r["size"]): r for r in _table(doc, "path_udp")["rows"]}
         assert rows[("IP_PMTUDISC_DO", 1473)]["send"] == "EMSGSIZE"
         assert rows[("IP_PMTUDISC_WANT", 5888)]["delivered"] is True
+
+
+def test_a_silent_stranger_does_not_lock_the_controller_out(agent):
+    with agent.control() as silent:  # connects and says nothing
+        with agent.control() as s:
+            assert agent.hello(s)["type"] == "welcome"
+        del silent
+
+
+def test_serve_refuses_multicast_and_broadcast_binds():
+    for addr in ("224.0.0.1", "255.255.255.255", "127.255.255.255"):
+        r = subprocess.run(
+            [sys.executable, "-m", "sockprobe", "serve", "--bind", addr],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=str(ROOT),
+        )
+        assert r.returncode == 2 and "multicast or broadcast" in r.stderr, (addr, r.stderr)

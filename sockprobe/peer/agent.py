@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sockprobe.lab import Host, resolve_host
+from sockprobe.lab import Host, refuse_non_unicast, resolve_host
 from sockprobe.peer.protocol import VERSION, ProtocolError, recv_frame, send_frame
 from sockprobe.peer.steps import STEPS, ServerHalf, StepError, load_steps, validate
 from sockprobe.status import Unsupported, UsageError, oserror_text
@@ -48,6 +48,8 @@ HOST_SYSCTLS = (
 )
 #: Seconds a new controller waits for the previous session's cleanup before "busy".
 BUSY_GRACE = 1.0
+#: Connections that may be saying hello at once (each for at most HELLO_SECONDS).
+MAX_HANDSHAKES = 8
 #: Seconds a controller has to say hello, and to send each next request.
 HELLO_SECONDS = 5.0
 REQUEST_SECONDS = 120.0
@@ -89,6 +91,8 @@ def bind_agent(p: ServeParams) -> socket.socket:
                 f"--bind {p.bind}: a wildcard listens on every interface; name one local "
                 "address, or add --allow-wildcard to mean it"
             )
+        if not ip.is_unspecified:
+            refuse_non_unicast(p.bind, ip, "--bind")
         host = Host(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))
     s = socket.socket(host.family, socket.SOCK_STREAM)
     try:
@@ -121,7 +125,9 @@ class Agent:
         self.stopping = threading.Event()
         self.last_activity = time.monotonic()
         self.served = 0
-        self.active: socket.socket | None = None
+        #: Every connection a session thread is handling (shut down at exit to wake it).
+        self.conns: set[socket.socket] = set()
+        self.conns_lock = threading.Lock()
 
     # -- the accept loop -------------------------------------------------------------
     def serve_forever(self) -> int:
@@ -138,12 +144,13 @@ class Agent:
                     conn, addr = self.lst.accept()
                 except TimeoutError:
                     continue
-                # A moment's grace: a controller that reconnects right after its last
-                # session ended must not meet that session's last cleanup as "busy".
-                if not self.busy.acquire(timeout=BUSY_GRACE):
-                    self._refuse(conn, addr, "busy: another controller is active")
+                self.sessions = [t for t in self.sessions if t.is_alive()]
+                # The controller lock is taken only after a valid hello (in the session
+                # thread), so a silent stranger cannot lock the real controller out; the
+                # handshakes themselves are bounded in number and in time.
+                if len(self.sessions) >= MAX_HANDSHAKES:
+                    self._refuse(conn, addr, "too many connections waiting to say hello")
                     continue
-                self.last_activity = time.monotonic()
                 t = threading.Thread(
                     target=self._session, args=(conn, addr), name="sockprobe-serve", daemon=True
                 )
@@ -151,12 +158,12 @@ class Agent:
                 t.start()
         finally:
             self.stopping.set()
-            active = self.active
-            if active is not None:
-                try:
-                    active.shutdown(socket.SHUT_RDWR)  # wakes the session's recv
-                except OSError:
-                    pass
+            with self.conns_lock:
+                for c in self.conns:
+                    try:
+                        c.shutdown(socket.SHUT_RDWR)  # wakes the session's recv
+                    except OSError:
+                        pass
             for t in self.sessions:
                 t.join(5.0)
             self.lst.close()
@@ -176,7 +183,9 @@ class Agent:
     def _session(self, conn: socket.socket, addr: Any) -> None:
         peer = str(addr[0])
         half: ServerHalf | None = None
-        self.active = conn
+        locked = False
+        with self.conns_lock:
+            self.conns.add(conn)
         try:
             hello = recv_frame(conn, HELLO_SECONDS)
             if hello.get("type") != "hello":
@@ -191,6 +200,12 @@ class Agent:
                 token.encode(), self.token.encode()
             ):
                 raise ProtocolError("wrong token")
+            # A moment's grace: a controller that reconnects right after its last
+            # session ended must not meet that session's last cleanup as "busy".
+            if not self.busy.acquire(timeout=BUSY_GRACE):
+                raise ProtocolError("busy: another controller is active")
+            locked = True
+            self.last_activity = time.monotonic()
             send_frame(conn, {"type": "welcome", "version": VERSION, "host": host_facts()})
             self.log(f"{peer}: controller connected")
             while not self.stopping.is_set():
@@ -246,12 +261,14 @@ class Agent:
         finally:
             if half is not None:
                 half.close()
-            self.active = None
+            with self.conns_lock:
+                self.conns.discard(conn)
             conn.close()
-            self.served += 1
-            self.last_activity = time.monotonic()
-            self.busy.release()
-            self.log(f"{peer}: session ended")
+            if locked:
+                self.served += 1
+                self.last_activity = time.monotonic()
+                self.busy.release()
+                self.log(f"{peer}: session ended")
 
 
 def serve(p: ServeParams, log: Log, announce: Callable[[str], None]) -> int:

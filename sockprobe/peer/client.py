@@ -18,7 +18,9 @@ def parse_peer(text: str) -> tuple[str, int]:
 
     t = text.strip()
     if t.startswith("["):
-        host, _, rest = t[1:].partition("]")
+        host, closed, rest = t[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise UsageError(f"--peer {text!r}: give [IPV6]:PORT, HOST:PORT or HOST")
         port_text = rest.removeprefix(":")
     elif t.count(":") == 1:
         host, _, port_text = t.partition(":")
