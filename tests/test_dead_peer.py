@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sockprobe import kernel
-from sockprobe.kernel import retries
+from sockprobe.kernel import retries, rules
 from sockprobe.probes.dead_peer import Params, run
 from sockprobe.probes.dead_peer._case import SAMPLE_S
 from sockprobe.probes.dead_peer.params import SLACK_S
@@ -112,7 +112,16 @@ def test_rule_matches_the_numbers_the_kernel_is_known_for() -> None:
     got = retries.give_up(3, 208, first_ms=415)
     assert got.retransmissions == 4
     assert got.abort_ms == pytest.approx(6_675, abs=40)
-    assert retries.retransmissions_by(4500, 200, 400) == 4
+    assert retries.retransmissions_by(4500, 15, 200, 400) == 4
+    # One model: retries.py expresses kernel/rules.py's schedules in ms. A budget that
+    # ends first stops the count (tcp_retries2 1 is 0.6 s from the first retransmission
+    # at 0.4 s; the firing at 1.6 s aborts, leaving 2 sent).
+    assert retries.retransmissions_by(4500, 1, 200, 400) == 2
+    assert retries.give_up(1, 200, first_ms=400).abort_ms == 1_600
+    for n, lin in ((6, 4), (2, 4), (1, 0), (3, 10)):
+        sch = rules.syn_schedule(n, lin)
+        syn = retries.syn_give_up(n, lin)
+        assert (syn.abort_ms / 1000, syn.retransmissions) == (sch.gives_up_s, len(sch.sends))
 
 
 @pytest.mark.parametrize(

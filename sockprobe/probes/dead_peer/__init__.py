@@ -182,7 +182,11 @@ def _findings(
         )
         if give is not None and unone.first_rto_ms and unone.first_retrans_s is not None:
             expected = retries.retransmissions_by(
-                unone.elapsed_s * 1000, unone.first_rto_ms, unone.first_retrans_s * 1000, rto_max
+                unone.elapsed_s * 1000,
+                retries2 if retries2 is not None else 15,
+                unone.first_rto_ms,
+                unone.first_retrans_s * 1000,
+                rto_max,
             )
             text += (
                 f"; from rto {unone.first_rto_ms:g} ms and the first timer retransmission at "
@@ -222,7 +226,7 @@ def _findings(
     if _ended(con):
         tail = ""
         if syn_retries is not None:
-            syn = retries.syn_give_up(syn_retries, linear)
+            syn = retries.syn_give_up(syn_retries, linear, rto_max)
             tail = (
                 f" instead of the {syn.abort_ms / 1000:g} s that tcp_syn_retries {syn_retries}"
                 + (f" with tcp_syn_linear_timeouts {linear}" if linear else "")
