@@ -9,6 +9,7 @@ import textwrap
 from typing import Any
 
 import pytest
+from helpers import interrupt
 
 from sockprobe import kernel
 from sockprobe.kernel import retries, rules
@@ -231,28 +232,8 @@ def test_cli_bad_options_exit_2_with_one_line(argv: list[str]) -> None:
 
 def test_ctrl_c_cleans_up_and_exits_130() -> None:
     """SIGINT while the cases wait: every socket and thread released, exit 130 at once."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sockprobe", "dead-peer"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(1.2)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=10)
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
+    code, err, took = interrupt(["dead-peer"], 1.2)
+    assert code == 130, err
     assert "interrupted" in err
     assert took < 3.0
 

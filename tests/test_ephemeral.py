@@ -9,6 +9,7 @@ import textwrap
 from typing import Any
 
 import pytest
+from helpers import interrupt
 
 from sockprobe.kernel import ephemeral
 from sockprobe.probes.ephemeral import Params, run, time_wait
@@ -192,27 +193,7 @@ def test_cli_json_and_usage_errors() -> None:
 
 def test_ctrl_c_cleans_up_and_exits_130() -> None:
     """SIGINT while the cases wait: every socket and thread released, exit 130 at once."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sockprobe", "ephemeral"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=10)
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
+    code, err, took = interrupt(["ephemeral"], 0.5)
+    assert code == 130, err
     assert "interrupted" in err
     assert took < 3.0

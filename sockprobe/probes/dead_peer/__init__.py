@@ -193,8 +193,8 @@ def _findings(
                 f"{_s(unone.first_retrans_s)} the backoff schedule predicts {expected} by then. "
                 f"By the kernel's rule tcp_retries2 {retries2} is a budget of "
                 f"{give.budget_ms / 1000:g} s counted from that first retransmission, and the "
-                f"abort comes at the first timer after it: ETIMEDOUT {outcome} (computed, not "
-                "waited for)"
+                f"abort comes at the first timer after it (computed, not waited for): "
+                f"ETIMEDOUT {outcome}"
             )
         f.append(text + ".")
     if _blocked(znone) and zka.na is None:
@@ -254,8 +254,8 @@ def _findings(
             f"dead idle peer after tcp_keepalive_time {kt} + tcp_keepalive_intvl {ki} x "
             f"tcp_keepalive_probes {kp} = {total:g} s ({_minutes(total)})"
             + (
-                f"; unacknowledged data is given up {outcome} (tcp_retries2 {retries2}; both "
-                "computed by the kernel's rules)."
+                f"; unacknowledged data (tcp_retries2 {retries2}) is given up {outcome}; both "
+                "computed by the kernel's rules."
                 if outcome is not None
                 else "."
             )
