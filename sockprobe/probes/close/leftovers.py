@@ -111,6 +111,17 @@ def start(lab: Lab) -> Pending:
     return p
 
 
+def abandon(lab: Lab, p: Pending) -> None:
+    """On an error, a deadline or Ctrl-C while the stalled close() still lingers: reset
+    its peer, so that close() returns now instead of when its linger time runs out.
+    Lab.cleanup()'s shutdown() does not end it (the peer's FIN only moves the closer to
+    CLOSING, still waiting); the peer's RST does: tcp_reset() -> tcp_done() sets CLOSE,
+    and sk_stream_wait_close() in tcp_close() waits only while the state is FIN_WAIT1,
+    CLOSING or LAST_ACK (net/core/stream.c, closing())."""
+    if p.worker is not None and p.worker.thread.is_alive():
+        lab.close_abortively(p.client)
+
+
 def _finish(lab: Lab, p: Pending) -> Leftover:
     state = _state(lab, p.local, p.remote)
     read, end = drain(p.client, lab.deadline, f"reading what {p.case} left")
@@ -118,7 +129,7 @@ def _finish(lab: Lab, p: Pending) -> Leftover:
     # that shows nothing here (tcp_rcv_state_process, FIN_WAIT2 + FIN).
     sockstate.abortive_linger(p.client)
     lab.close(p.client)
-    close_s: Cell = round(p.times[0], 3) if p.times else NA("close() did not return")
+    close_s: Cell = round(p.times[0], 6) if p.times else NA("close() did not return")
     return Leftover(p.case, p.queued, p.unsent, close_s, "returned None", state, read, end)
 
 
@@ -175,7 +186,7 @@ def findings(report: Report, rows: list[Leftover]) -> None:
     if o is not None and isinstance(o.close_s, float):
         report.findings.append(
             f"close() with {o.unsent_b} B not yet acknowledged returned after "
-            f"{o.close_s * 1000:.2f} ms and left an orphan in {o.state_after}; the peer then "
+            f"{o.close_s * 1000:.3g} ms and left an orphan in {o.state_after}; the peer then "
             f"read {o.peer_read_b} of the {o.queued_b} B queued, then {o.peer_end}: the "
             "kernel finished the sending after the program had let go."
         )
