@@ -235,7 +235,9 @@ def test_ctrl_c_cleans_up_and_exits_130() -> None:
     code, err, took = interrupt(["dead-peer"], 1.2)
     assert code == 130, err
     assert "interrupted" in err
-    assert took < 3.0
+    # Below Lab.cleanup()'s 2 s join bound, which a call left blocked would reach: its
+    # shutdown() loop once skipped sockets that woken cases were closing (2.0 s here).
+    assert took < 1.0
 
 
 _SYN_GIVE_UP = textwrap.dedent(
