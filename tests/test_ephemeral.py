@@ -164,6 +164,13 @@ def test_host_table_in_a_namespace_with_a_small_range(netns: Any) -> None:
     assert any(
         "tcp_tw_reuse 0 (never)" in f and "as the rule predicts" in f for f in doc["findings"]
     )
+    # The busiest destination's 2 TIME_WAITs count against it: the late connect() above
+    # could not take one over, and the sentence says so from the same setting.
+    busiest = next(f for f in doc["findings"] if f.startswith("The busiest destination"))
+    assert "holds 8 ports (6 established, 2 TIME_WAIT)" in busiest
+    assert "TIME_WAIT ones count unless connect() takes them over (tcp_tw_reuse 0: never)" in (
+        busiest
+    )
     taken = next(r for r in tables["time_wait"]["rows"] if r["attempt"] == "bind_reuseaddr_now")
     assert taken["result"] == "ok"
 
