@@ -469,6 +469,17 @@ def test_netns_tcp_timestamps_0(ns_runs: dict[str, Doc]) -> None:
     assert syn["result"] == "ok" and syn["tw_server"] == 0 and "sequence number" in syn["why"]
 
 
+def test_netns_no_free_ephemeral_port_is_exit_3_naming_the_range(netns: Any) -> None:
+    """A 4-port ip_local_port_range runs out during the probe: bind(port 0) fails with
+    EADDRINUSE, which is the host's state: exit 3 naming the range, not exit 1."""
+    code, d, err = netns.sockprobe_json(
+        "reuseaddr", sysctls={"net.ipv4.ip_local_port_range": "40000 40003"}
+    )
+    assert code == 3 and d is None, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ip_local_port_range 40000-40003 (4 ports)" in lines[0]
+
+
 def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:
     """With `lo` down the connects fail (ENETUNREACH): no result, exit 3, one line."""
     code, d, err = netns.sockprobe_json("reuseaddr", lo_up=False)

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sockprobe.probes.reuseaddr.common import Ctx
+from sockprobe.probes.reuseaddr.common import Ctx, bind_any_port
 from sockprobe.report import NA, Cell, Report, col
 from sockprobe.status import oserror_name
 
@@ -48,7 +48,7 @@ def _free_port(ctx: Ctx) -> int:
     """A port free on the wildcard (so on every address of the family)."""
     s = ctx.lab.open_socket()
     try:
-        s.bind((ctx.host.wildcard, 0))
+        bind_any_port(s, (ctx.host.wildcard, 0), ctx.host)
         return int(s.getsockname()[1])
     finally:
         ctx.lab.close(s)
