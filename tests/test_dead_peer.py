@@ -280,3 +280,12 @@ def test_syn_give_up_sentence_matches_connect_in_a_namespace(netns: Any) -> None
     assert doc["computed"] == 3.0
     assert doc["got"] == "TimeoutError 110"
     assert doc["computed"] <= doc["took"] <= doc["computed"] + LATE_S
+
+
+def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:
+    """With `lo` down no connection is made (ENETUNREACH): the probe reports no counts
+    and no timers (none of its events happened) and exits 3 with one line naming it."""
+    code, d, err = netns.sockprobe_json("dead-peer", lo_up=False)
+    assert code == 3 and d is None, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ENETUNREACH" in lines[0] and "loopback" in lines[0]

@@ -204,3 +204,12 @@ def test_ctrl_c_cleans_up_and_exits_130() -> None:
     assert code == 130, err
     assert "interrupted" in err
     assert took < 3.0
+
+
+def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:
+    """With `lo` down no connection is made (ENETUNREACH): the probe reports no counts
+    and no timers (none of its events happened) and exits 3 with one line naming it."""
+    code, d, err = netns.sockprobe_json("ephemeral", lo_up=False)
+    assert code == 3 and d is None, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ENETUNREACH" in lines[0] and "loopback" in lines[0]

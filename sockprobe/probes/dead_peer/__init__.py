@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from sockprobe import kernel
 from sockprobe.kernel import retries, rules
-from sockprobe.lab import Lab
+from sockprobe.lab import Lab, cannot_run
 from sockprobe.probes import Stopwatch, plural
 from sockprobe.probes.dead_peer import connect, idle, unacked, zero_window
 from sockprobe.probes.dead_peer._case import BLOCKED, PAYLOAD, Outcome, run_all
@@ -57,9 +57,16 @@ def run(params: Params) -> Report:
         *zero_window.cases(params),
         *connect.cases(params),
     ]
-    with Lab(host, deadline) as lab:
-        out = run_all(lab, all_cases, params)
-        report.endpoints = list(lab.endpoints)
+    try:
+        with Lab(host, deadline) as lab:
+            out = run_all(lab, all_cases, params)
+            report.endpoints = list(lab.endpoints)
+    except OSError as exc:
+        # A loopback that cannot connect (lo down, no descriptors) is not a result.
+        reason = cannot_run(exc, host)
+        if reason is None:
+            raise
+        raise reason from None
     # Both budgets on unacknowledged data count from the timer's first retransmission
     # (retrans_stamp): the predictions need when it left and the RTO it started from.
     none, uut = out["unacked_none"], out["unacked_user_timeout"]
