@@ -213,3 +213,25 @@ def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:
     assert code == 3 and d is None, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "ENETUNREACH" in lines[0] and "loopback" in lines[0]
+
+
+def test_no_descriptor_left_is_exit_3_naming_the_cause() -> None:
+    """RLIMIT_NOFILE 16: the experiments cannot open their sockets (EMFILE); the probe
+    names that and exits 3 instead of reporting the host with every experiment n/a."""
+    import resource
+    import subprocess
+    import sys
+
+    def few_fds() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sockprobe", "ephemeral"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=few_fds,
+    )
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "EMFILE" in lines[0] and "RLIMIT_NOFILE" in lines[0]
