@@ -92,7 +92,7 @@ def run(params: Params) -> Report:
     connect.report_on(report, out, params)
     _chart(report, [out[c.id] for c in all_cases])
     _findings(report, out, params, retries2, give, rto_max)
-    _notes(report)
+    _notes(report, rto_max)
     report.duration_s = watch()
     return report
 
@@ -283,7 +283,7 @@ def _findings(
         )
 
 
-def _notes(report: Report) -> None:
+def _notes(report: Report, rto_max: int) -> None:
     report.notes.extend(
         [
             "The silent peer is a real socket whose kernel drops every packet for it: a "
@@ -293,11 +293,20 @@ def _notes(report: Report) -> None:
             "Keepalive (tcp_keepalive_timer(), net/ipv4/tcp_timer.c) probes after TCP_KEEPIDLE "
             "of silence, then every TCP_KEEPINTVL, and aborts when TCP_KEEPCNT probes went "
             "unanswered; it does nothing while data is in flight or queued.",
+            # tcp_timer.c retransmits_timed_out(): start_ts = tp->retrans_stamp, which
+            # tcp_retransmit_skb() sets when the first timer retransmission leaves (the
+            # netns runs with tcp_retries2 2 and 3 abort where that start predicts).
             "tcp_retries2 is a time budget, not a count: retransmits_timed_out() compares the "
-            "age of the oldest unacknowledged data with tcp_model_timeout(tcp_retries2, "
-            "TCP_RTO_MIN 200 ms), exponential backoff capped at the maximum RTO (120 s, "
-            "net.ipv4.tcp_rto_max_ms on 6.15+), whatever this connection's own RTO is. "
-            "TCP_USER_TIMEOUT replaces that budget (tcp(7)).",
+            "time since the timer's first retransmission (retrans_stamp) with "
+            "tcp_model_timeout(tcp_retries2, TCP_RTO_MIN 200 ms), exponential backoff capped "
+            f"at the maximum RTO ({rto_max / 1000:g} s here"
+            + (
+                ", net.ipv4.tcp_rto_max_ms"
+                if kernel.sysctl_int("net.ipv4.tcp_rto_max_ms")
+                else ", TCP_RTO_MAX: no tcp_rto_max_ms on this kernel"
+            )
+            + "), whatever this connection's own RTO is. TCP_USER_TIMEOUT replaces that "
+            "budget (tcp(7)).",
             "A zero-window peer that answers window probes is kept forever by RFC 1122 "
             "4.2.2.17 unless TCP_USER_TIMEOUT is set (tcp_probe_timer() checks it from the "
             "first probe) or the socket is orphaned.",
