@@ -261,6 +261,7 @@ _SYN_GIVE_UP = textwrap.dedent(
     syn = retries.syn_give_up(
         kernel.sysctl_int("net.ipv4.tcp_syn_retries"),
         kernel.sysctl_int("net.ipv4.tcp_syn_linear_timeouts") or 0,
+        kernel.sysctl_int("net.ipv4.tcp_rto_max_ms") or retries.TCP_RTO_MAX_MS,
     )
     print(json.dumps({"got": got, "took": took, "computed": syn.abort_ms / 1000}))
     """
@@ -278,6 +279,27 @@ def test_syn_give_up_sentence_matches_connect_in_a_namespace(netns: Any) -> None
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["computed"] == 3.0
+    assert doc["got"] == "TimeoutError 110"
+    assert doc["computed"] <= doc["took"] <= doc["computed"] + LATE_S
+
+
+def test_syn_give_up_follows_tcp_rto_max_ms_in_a_namespace(netns: Any) -> None:
+    """tcp_rto_max_ms (6.15+) caps the SYN backoff and the tcp_syn_retries budget too:
+    3 retries, 1 linear timeout, a 2 s cap: SYNs at 1, 2, 4, 6 s and ETIMEDOUT at 8 s
+    (with the 120 s cap the same settings give 16 s). The sentence quotes this value."""
+    if kernel.sysctl_int("net.ipv4.tcp_rto_max_ms") is None:
+        pytest.skip("net.ipv4.tcp_rto_max_ms needs Linux 6.15+")
+    proc = netns.in_netns(
+        _SYN_GIVE_UP,
+        sysctls={
+            "net.ipv4.tcp_syn_retries": 3,
+            "net.ipv4.tcp_syn_linear_timeouts": 1,
+            "net.ipv4.tcp_rto_max_ms": 2000,
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["computed"] == 8.0
     assert doc["got"] == "TimeoutError 110"
     assert doc["computed"] <= doc["took"] <= doc["computed"] + LATE_S
 
