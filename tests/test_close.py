@@ -131,7 +131,7 @@ def test_half_closed_fin_wait2_has_no_timer_but_the_orphan_has(report: Report) -
 @linux_only
 def test_close_with_unsent_data_continues_in_the_background(report: Report) -> None:
     r = report.get("leftovers").find(case="orphan_unsent")
-    assert r["unsent_b"] > 0 and r["close_s"] < 0.1  # close() does not wait for the data
+    assert r["unsent_b"] > 0 and r["close_ms"] < 100  # close() does not wait for the data
     assert r["state_after"] == "FIN_WAIT1"  # the orphan is still sending
     assert r["peer_read_b"] == r["queued_b"] and r["peer_end"] == "EOF"  # nothing lost
 
@@ -140,10 +140,14 @@ def test_close_with_unsent_data_continues_in_the_background(report: Report) -> N
 def test_positive_linger_blocks_until_acked_or_the_timeout(report: Report) -> None:
     t = report.get("leftovers")
     acked, stalled = t.find(case="linger_acked"), t.find(case="linger_stalled")
-    assert acked["close_s"] < leftovers.LINGER_S / 2 and acked["state_after"] != "FIN_WAIT1"
+    assert acked["close_ms"] < leftovers.LINGER_S * 1000 / 2 and acked["state_after"] != "FIN_WAIT1"
     # Blocked for the linger time (a little more on a loaded host, never less), returned
     # without an error, and the data still arrived afterwards.
-    assert leftovers.LINGER_S - 0.01 <= stalled["close_s"] <= leftovers.LINGER_S + 0.5
+    assert (
+        (leftovers.LINGER_S - 0.01) * 1000
+        <= stalled["close_ms"]
+        <= (leftovers.LINGER_S + 0.5) * 1000
+    )
     assert stalled["close_result"] == "returned None" and stalled["state_after"] == "FIN_WAIT1"
     assert stalled["peer_read_b"] == stalled["queued_b"] and stalled["peer_end"] == "EOF"
 

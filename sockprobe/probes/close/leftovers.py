@@ -42,7 +42,7 @@ class Leftover:
     case: str
     queued_b: Cell
     unsent_b: Cell
-    close_s: Cell
+    close_ms: Cell
     close_result: str
     state_after: Cell
     peer_read_b: Cell
@@ -129,8 +129,9 @@ def _finish(lab: Lab, p: Pending) -> Leftover:
     # that shows nothing here (tcp_rcv_state_process, FIN_WAIT2 + FIN).
     sockstate.abortive_linger(p.client)
     lab.close(p.client)
-    close_s: Cell = round(p.times[0], 6) if p.times else NA("close() did not return")
-    return Leftover(p.case, p.queued, p.unsent, close_s, "returned None", state, read, end)
+    # In ms: a plain close() returns in microseconds, a lingering one in a second.
+    close_ms: Cell = round(p.times[0] * 1000, 3) if p.times else NA("close() did not return")
+    return Leftover(p.case, p.queued, p.unsent, close_ms, "returned None", state, read, end)
 
 
 def measure(lab: Lab, pending: Pending) -> list[Leftover]:
@@ -159,7 +160,7 @@ def table(report: Report, rows: list[Leftover]) -> None:
             col("case"),
             col("queued_b", "queued by the closer", "B", VOLATILE),
             col("unsent_b", "unacknowledged at close (SIOCOUTQ)", "B", VOLATILE),
-            col("close_s", "close() took", "s", VOLATILE),
+            col("close_ms", "close() took", "ms", VOLATILE),
             col("close_result", "close()"),
             col("state_after", "closer's state after"),
             col("peer_read_b", "peer read afterwards", "B", VOLATILE),
@@ -172,7 +173,7 @@ def table(report: Report, rows: list[Leftover]) -> None:
             r.case,
             r.queued_b,
             r.unsent_b,
-            r.close_s,
+            r.close_ms,
             r.close_result,
             r.state_after,
             r.peer_read_b,
@@ -183,19 +184,23 @@ def table(report: Report, rows: list[Leftover]) -> None:
 def findings(report: Report, rows: list[Leftover]) -> None:
     by = {r.case: r for r in rows}
     o, a, s = by.get("orphan_unsent"), by.get("linger_acked"), by.get("linger_stalled")
-    if o is not None and isinstance(o.close_s, float):
+    if o is not None and isinstance(o.close_ms, float):
         report.findings.append(
             f"close() with {o.unsent_b} B not yet acknowledged returned after "
-            f"{o.close_s * 1000:.3g} ms and left an orphan in {o.state_after}; the peer then "
+            f"{o.close_ms:g} ms and left an orphan in {o.state_after}; the peer then "
             f"read {o.peer_read_b} of the {o.queued_b} B queued, then {o.peer_end}: the "
             "kernel finished the sending after the program had let go."
         )
-    if a is not None and s is not None and isinstance(a.close_s, float):
+    if a is not None and s is not None and isinstance(a.close_ms, float):
         report.findings.append(
             f"SO_LINGER {{1, {LINGER_S} s}}: with room at the peer, close() returned after "
-            f"{a.close_s * 1000:.1f} ms (the peer's TCP had acknowledged {a.queued_b} B and "
+            f"{a.close_ms:g} ms (the peer's TCP had acknowledged {a.queued_b} B and "
             f"the FIN; its application read them only afterwards); with the peer's window "
-            f"full it blocked {s.close_s} s and {s.close_result} with no error, leaving "
+            f"full it blocked {_s(s.close_ms)} and {s.close_result} with no error, leaving "
             f"{s.state_after}, and the peer still read {s.peer_read_b} of {s.queued_b} B "
             f"then {s.peer_end}."
         )
+
+
+def _s(ms: Cell) -> str:
+    return f"{ms / 1000:.3f} s" if isinstance(ms, float) else str(ms)
