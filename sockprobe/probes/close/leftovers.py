@@ -187,14 +187,14 @@ def findings(report: Report, rows: list[Leftover]) -> None:
     if o is not None and isinstance(o.close_ms, float):
         report.findings.append(
             f"close() with {o.unsent_b} B not yet acknowledged returned after "
-            f"{o.close_ms:g} ms and left an orphan in {o.state_after}; the peer then "
+            f"{o.close_ms:.2g} ms and left an orphan in {o.state_after}; the peer then "
             f"read {o.peer_read_b} of the {o.queued_b} B queued, then {o.peer_end}: the "
             "kernel finished the sending after the program had let go."
         )
     if a is not None and s is not None and isinstance(a.close_ms, float):
         report.findings.append(
             f"SO_LINGER {{1, {LINGER_S} s}}: with room at the peer, close() returned after "
-            f"{a.close_ms:g} ms (the peer's TCP had acknowledged {a.queued_b} B and "
+            f"{a.close_ms:.3g} ms (the peer's TCP had acknowledged {a.queued_b} B and "
             f"the FIN; its application read them only afterwards); with the peer's window "
             f"full it blocked {_s(s.close_ms)} and {s.close_result} with no error, leaving "
             f"{s.state_after}, and the peer still read {s.peer_read_b} of {s.queued_b} B "
