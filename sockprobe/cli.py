@@ -21,45 +21,24 @@ import re
 import signal
 import sys
 import traceback
-import types
-import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 from sockprobe import __version__
-from sockprobe.options import OptionSpec, spec_of
-from sockprobe.status import ExitStatus, OutputError, Terminated, UsageError, classify
+from sockprobe.argparams import (
+    HelpShown,
+    Parser,
+    UsageText,
+    add_params,
+    append_action,
+    converter,
+)
+from sockprobe.output import Output, StdoutGone, ask, event_stream, progress_line
+from sockprobe.status import ExitStatus, Terminated, UsageError, classify
 
 PROG = "sockprobe"
 FORMATS = ("table", "json", "jsonl", "csv", "markdown")
-
-
-class _Usage(Exception):
-    """argparse's complaint, raised instead of its print-and-exit."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def print_help(self, file: Any = None) -> None:
-        """Help is written by the dispatcher (to the injected stdout), not here."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _Usage(f"{self.prog}: {message}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            raise _Usage(message.strip())
-        raise _HelpShown(status)
-
-
-class _StdoutGone(Exception):
-    """The reader of stdout went away (EPIPE on our output, not on a probe's socket)."""
-
-
-class _HelpShown(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
 
 
 # ---- the commands ------------------------------------------------------------------------
@@ -75,7 +54,6 @@ class Command:
 def _commands() -> list[Command]:
     from sockprobe.probes import PROBES
 
-    probe = {p.name: p for p in PROBES}
     out: list[Command] = []
     for p in PROBES:
         out.append(Command(p.name, p.question, p.module, p.examples))
@@ -116,7 +94,6 @@ def _commands() -> list[Command]:
             ('eval "$(sockprobe completion bash)"',),
         ),
     ]
-    del probe
     return out
 
 
@@ -146,167 +123,6 @@ def _usage_text() -> str:
     return "\n".join(lines)
 
 
-# ---- parser building from Params ---------------------------------------------------------
-def _flag(f: dataclasses.Field[Any], spec: OptionSpec | None) -> str:
-    if spec is not None and spec.flag:
-        return spec.flag
-    return "--" + f.name.replace("_", "-")
-
-
-def _base_type(hint: Any) -> tuple[Any, bool]:
-    """(type, optional) of a field annotation: `int | None` -> (int, True)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return hint, False
-
-
-def _converter(kind: Any, flag: str) -> Callable[[str], Any]:
-    def conv(text: str) -> Any:
-        try:
-            if kind is int:
-                value: Any = int(text.strip())
-            elif kind is float:
-                value = float(text.strip())
-                if value != value or value in (float("inf"), float("-inf")):
-                    raise ValueError
-            else:
-                return text
-        except ValueError:
-            shown = text if len(text) <= 40 else text[:37] + "..."
-            what = "an integer" if kind is int else "a finite number"
-            raise argparse.ArgumentTypeError(f"{flag} wants {what}, not {shown!r}") from None
-        return value
-
-    return conv
-
-
-def _metavar(kind: Any, spec: OptionSpec | None, name: str) -> str:
-    if spec is not None and spec.metavar:
-        return spec.metavar
-    if name in ("deadline",) or name.endswith("timeout"):
-        return "SECONDS"
-    return {int: "N", float: "SECONDS"}.get(kind, name.upper())
-
-
-def _default_text(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value) if value else "none"
-    return str(value)
-
-
-class _Append(argparse.Action):
-    """A repeatable option that also takes comma lists; the first use replaces the
-    default. Each item is converted and checked here (argparse would see '0,8' whole)."""
-
-    convert: Callable[[str], Any] = str
-    allowed: tuple[Any, ...] | None = None
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        seen = getattr(namespace, "_seen_" + self.dest, False)
-        current = list(getattr(namespace, self.dest)) if seen else []
-        for part in str(values).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                item = self.convert(part)
-            except argparse.ArgumentTypeError as exc:
-                raise _Usage(str(exc)) from None
-            if self.allowed is not None and item not in self.allowed:
-                raise _Usage(
-                    f"{option_string} {part!r}: choose from {', '.join(map(str, self.allowed))}"
-                )
-            current.append(item)
-        setattr(namespace, self.dest, tuple(current))
-        setattr(namespace, "_seen_" + self.dest, True)
-
-
-def _append(convert: Callable[[str], Any], allowed: tuple[Any, ...] | None) -> type[_Append]:
-    return type("_AppendItems", (_Append,), {"convert": staticmethod(convert), "allowed": allowed})
-
-
-def add_params(parser: argparse.ArgumentParser, params_cls: type) -> list[str]:
-    """Add one option per field of `params_cls`; return the field names added."""
-    hints = typing.get_type_hints(params_cls)
-    names: list[str] = []
-    for f in dataclasses.fields(params_cls):
-        spec = spec_of(f)
-        if spec is not None and not spec.cli:
-            continue
-        hint, optional = _base_type(hints.get(f.name, str))
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = spec.help if spec is not None else f.name.replace("_", " ")
-        flag = _flag(f, spec)
-        flags = [flag] + ([spec.short] if spec is not None and spec.short else [])
-        if spec is not None and spec.positional:
-            parser.add_argument(
-                f.name,
-                metavar=_metavar(hint, spec, f.name),
-                nargs="+" if typing.get_origin(hint) is tuple else None,
-                help=help_text,
-            )
-            names.append(f.name)
-            continue
-        if hint is bool:
-            if spec is not None and spec.negatable:
-                parser.add_argument(
-                    *flags,
-                    dest=f.name,
-                    action=argparse.BooleanOptionalAction,
-                    default=default,
-                    help=f"{help_text} (default: {'on' if default else 'off'})",
-                )
-            else:
-                parser.add_argument(*flags, dest=f.name, action="store_true", help=help_text)
-            names.append(f.name)
-            continue
-        if typing.get_origin(hint) is tuple:
-            args = typing.get_args(hint)
-            item = spec.item if spec is not None and spec.item else (args[0] if args else str)
-            parser.add_argument(
-                *flags,
-                dest=f.name,
-                action=_append(_converter(item, flag), spec.choices if spec is not None else None),
-                default=default,
-                metavar=_metavar(item, spec, f.name.rstrip("s")),
-                help=f"{help_text} Repeatable, or a comma list (default: "
-                f"{_default_text(default)}).",
-            )
-            names.append(f.name)
-            continue
-        if hint not in (int, float, str):
-            continue  # callables and other non-CLI values
-        kwargs: dict[str, Any] = {}
-        if spec is not None and spec.const is not None:
-            kwargs.update(nargs="?", const=spec.const)
-        parser.add_argument(
-            *flags,
-            dest=f.name,
-            type=_converter(hint, flag),
-            default=default,
-            choices=spec.choices if spec is not None else None,
-            metavar=_metavar(hint, spec, f.name),
-            help=f"{help_text} (default: {_default_text(default)}"
-            + (f"; {spec.const} when given alone" if spec is not None and spec.const else "")
-            + ")",
-            **kwargs,
-        )
-        del optional
-        names.append(f.name)
-    return names
-
-
 def _output_options(parser: argparse.ArgumentParser, *, tables: bool = True) -> None:
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -320,7 +136,7 @@ def _output_options(parser: argparse.ArgumentParser, *, tables: bool = True) -> 
     )
     out.add_argument(
         "--width",
-        type=_converter(int, "--width"),
+        type=converter(int, "--width"),
         metavar="COLUMNS",
         help="Fit tables to this many columns (default: the terminal's; unlimited in a pipe).",
     )
@@ -350,7 +166,7 @@ def _params_class(module_name: str) -> type:
 
 def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, list[str]]:
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in cmd.examples) if cmd.examples else None
-    parser = _Parser(
+    parser = Parser(
         prog=f"{PROG} {cmd.name}",
         description=cmd.question,
         epilog=epilog,
@@ -387,7 +203,7 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
         )
         parser.add_argument(
             "--deadline",
-            type=_converter(float, "--deadline"),
+            type=converter(float, "--deadline"),
             default=30.0,
             metavar="SECONDS",
             help="Hard bound on each probe (default: 30).",
@@ -398,7 +214,7 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
         )
         parser.add_argument(
             "--only",
-            action=_append(str, None),
+            action=append_action(str, None),
             default=None,
             metavar="PROBE",
             help="Run only these probes. Repeatable, or a comma list.",
@@ -417,7 +233,7 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
         )
         parser.add_argument(
             "--port",
-            type=_converter(int, "--port"),
+            type=converter(int, "--port"),
             default=DEFAULT_PORT,
             metavar="PORT",
             help=f"Control port (default: {DEFAULT_PORT}; 0 takes any free port, named in "
@@ -429,7 +245,7 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
         parser.add_argument("--once", action="store_true", help="Exit after one controller.")
         parser.add_argument(
             "--idle-timeout",
-            type=_converter(float, "--idle-timeout"),
+            type=converter(float, "--idle-timeout"),
             default=600.0,
             metavar="SECONDS",
             help="Exit after this long without a controller (default: 600).",
@@ -447,84 +263,6 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type | None, li
     if cmd.name not in ("docs", "completion", "serve"):
         _output_options(parser)
     return parser, params_cls, names
-
-
-# ---- output --------------------------------------------------------------------------------
-class Output:
-    """stdout and stderr, with the terminal facts rendering needs. Injected for tests."""
-
-    def __init__(self, stdout: IO[str] | None, stderr: IO[str] | None) -> None:
-        self.out = stdout
-        self.err = stderr or sys.__stderr__
-
-    @property
-    def is_tty(self) -> bool:
-        try:
-            return bool(self.out is not None and self.out.isatty())
-        except (ValueError, OSError):
-            return False
-
-    def width(self, forced: int | None) -> int | None:
-        if forced is not None:
-            return forced
-        if not self.is_tty:
-            return None
-        try:
-            return os.get_terminal_size(self.out.fileno()).columns  # type: ignore[union-attr]
-        except (OSError, ValueError, AttributeError):
-            cols = os.environ.get("COLUMNS", "")
-            return int(cols) if cols.isdigit() else 80
-
-    @property
-    def unicode(self) -> bool:
-        enc = (getattr(self.out, "encoding", None) or "").lower().replace("-", "")
-        return enc in ("utf8", "utf8sig")
-
-    def write(self, text: str) -> None:
-        if self.out is None:
-            raise OutputError("cannot write the output: standard output is closed")
-        if not self.unicode:
-            from sockprobe.render import to_ascii
-
-            enc = getattr(self.out, "encoding", None) or "ascii"
-            text = to_ascii(text).encode(enc, errors="replace").decode(enc)
-        try:
-            self.out.write(text)
-            self.out.flush()
-        except BrokenPipeError:
-            raise _StdoutGone() from None
-        except OSError as exc:
-            from sockprobe.status import oserror_text
-
-            raise OutputError(f"cannot write the output: {oserror_text(exc)}") from None
-
-    def progress_mode(self) -> str | None:
-        """None when stderr is not a terminal (no progress at all); "plain" (one line
-        each time) with TERM=dumb or NO_COLOR; "ansi" (one line rewritten in place)."""
-        try:
-            tty = bool(self.err is not None and self.err.isatty())
-        except (ValueError, OSError):
-            tty = False
-        if not tty:
-            return None
-        if os.environ.get("TERM") == "dumb" or "NO_COLOR" in os.environ:
-            return "plain"
-        return "ansi"
-
-    def progress_ok(self) -> bool:
-        return self.progress_mode() is not None
-
-    def interactive(self) -> bool:
-        """Whether a question may be asked: stdin and stderr are terminals."""
-        try:
-            return bool(
-                sys.stdin is not None
-                and sys.stdin.isatty()
-                and self.err is not None
-                and self.err.isatty()
-            )
-        except (ValueError, OSError):
-            return False
 
 
 def _render(report: Any, ns: argparse.Namespace, io: Output, **kw: Any) -> str:
@@ -553,7 +291,7 @@ def _run_probe(
         raise UsageError("--token goes with --peer")
     kwargs = {n: getattr(ns, n) for n in names}
     if "progress" in {f.name for f in dataclasses.fields(params_cls)} and io.progress_ok():
-        kwargs["progress"] = _progress_line(io)
+        kwargs["progress"] = progress_line(io)
     params = params_cls(**kwargs)
     if getattr(ns, "peer", None):
         from sockprobe.peer import runner
@@ -566,24 +304,6 @@ def _run_probe(
         report = load(cmd.name).run(params)
     io.write(_render(report, ns, io))
     return int(getattr(report, "exit_status", 0) or 0)
-
-
-def _progress_line(io: Output) -> Callable[[str], None]:
-    """A progress callback for stderr on a terminal: one line rewritten in place, or,
-    with TERM=dumb or NO_COLOR, each new line written plainly (no escape codes)."""
-    mode = io.progress_mode()
-    last = [""]
-
-    def progress(text: str) -> None:
-        assert io.err is not None
-        if mode == "ansi":
-            io.err.write(f"\r\x1b[K{text}" if text else "\r\x1b[K")
-        elif text and text != last[0]:
-            io.err.write(text + "\n")
-        last[0] = text
-        io.err.flush()
-
-    return progress
 
 
 def _run_all(ns: argparse.Namespace, io: Output) -> int:
@@ -599,7 +319,7 @@ def _run_all(ns: argparse.Namespace, io: Output) -> int:
                 f"--only {','.join(unknown)}: choose from {', '.join(p.name for p in PROBES)}"
             )
     fmt = "json" if ns.json else ns.format
-    show = _progress_line(io) if io.progress_ok() else None
+    show = progress_line(io) if io.progress_ok() else None
 
     def progress(i: int, n: int, name: str) -> None:
         if show is not None:
@@ -682,11 +402,16 @@ def _run_port(ns: argparse.Namespace, params_cls: type, names: list[str], io: Ou
 
     kwargs = {n: getattr(ns, n) for n in names}
     quiet = bool(getattr(ns, "quiet", False))
-    show = _progress_line(io) if io.progress_mode() and not quiet else None
+    fmt = "json" if ns.json else ns.format
+    show = progress_line(io) if io.progress_mode() and not quiet else None
+    if fmt == "jsonl" and getattr(ns, "wait", None) is not None and not quiet:
+        # `--wait --format jsonl`: one event per change of what holds the port, then
+        # the report, each a line of its own, for a script that follows along.
+        show = event_stream(io, "wait")
     if show is not None:
         kwargs["progress"] = show
     if io.interactive():
-        kwargs["confirm"] = _ask(io)
+        kwargs["confirm"] = ask(io)
     try:
         result = port.run(params_cls(**kwargs))
     finally:
@@ -696,19 +421,6 @@ def _run_port(ns: argparse.Namespace, params_cls: type, names: list[str], io: Ou
         extra = {**result.data, **({"actions": result.actions} if result.actions else {})}
         io.write(_render(result.report, ns, io, extra=extra))
     return int(result.exit_code)
-
-
-def _ask(io: Output) -> Callable[[str], bool]:
-    """--kill's question on a terminal: the plan, then "Proceed? [y/N]"."""
-
-    def confirm(text: str) -> bool:
-        assert io.err is not None
-        io.err.write(f"{text}\nProceed? [y/N] ")
-        io.err.flush()
-        answer = sys.stdin.readline()
-        return answer.strip().lower() in ("y", "yes")
-
-    return confirm
 
 
 def completion_script(shell: str) -> str:
@@ -784,11 +496,11 @@ def _dispatch(argv: list[str], io: Output) -> int:
     cmd = _find(first)
     if cmd is None:
         shown = first if len(first) <= 40 else first[:37] + "..."
-        raise _Usage(f"unknown command {shown!r} (see {PROG} --help)")
+        raise UsageText(f"unknown command {shown!r} (see {PROG} --help)")
     parser, params_cls, names = build_parser(cmd)
     try:
         ns = parser.parse_args(argv[1:])
-    except _HelpShown as shown_help:
+    except HelpShown as shown_help:
         io.write(parser.format_help())
         return shown_help.status
     if cmd.name == "completion":
@@ -798,8 +510,6 @@ def _dispatch(argv: list[str], io: Output) -> int:
         return _run_docs(ns, io)
     if cmd.name == "serve":
         return _run_serve(ns, io)
-    if ns.format == "csv" and getattr(ns, "table", None) is None:
-        pass
     if cmd.name == "all":
         return _run_all(ns, io)
     if cmd.name == "diff":
@@ -839,10 +549,10 @@ def main(
         with _signals_as_interrupts():
             status = _dispatch(args, io)
 
-    except _Usage as exc:
+    except UsageText as exc:
         say(f"error: {str(exc).removeprefix(PROG + ': ')}")
         return int(ExitStatus.USAGE)
-    except _StdoutGone:
+    except StdoutGone:
         # The reader went away (`sockprobe all | head`): nothing left to say to it. Point
         # stdout at /dev/null so the interpreter's final flush does not fail again.
         try:

@@ -81,7 +81,13 @@ class Fingerprint:
                 t.add(o.name, f"exit {int(o.status)}", round(o.duration_s, 2), o.error)
         ran = len(self.outcomes) - len(self.failed)
         rep.summary = f"{ran} of {len(self.outcomes)} probes ran in {self.duration_s:.1f} s"
-        rep.findings = [f"{o.name} could not run: {o.error}" for o in self.failed]
+        # One finding per cause: an exhausted port range stops every probe alike.
+        by_error: dict[str, list[str]] = {}
+        for o in self.failed:
+            by_error.setdefault(o.error, []).append(o.name)
+        rep.findings = [
+            f"{', '.join(names)} could not run: {error}" for error, names in by_error.items()
+        ]
 
         rep.environment = environment()
         rep.duration_s = self.duration_s
@@ -211,7 +217,9 @@ def _collect_child(
     took = time.monotonic() - started
     if proc.returncode == 0:
         try:
-            return Outcome(name, report_from_dict(json.loads(out)), ExitStatus.OK, duration_s=took)
+            report = report_from_dict(json.loads(out))
+            # The probe's own time, not the time it waited to be collected.
+            return Outcome(name, report, ExitStatus.OK, duration_s=report.duration_s)
         except (ValueError, KeyError, TypeError) as exc:
             return Outcome(name, None, ExitStatus.FAILURE, f"unreadable report: {exc}", took)
     message = (err.strip().splitlines() or ["no message"])[-1].removeprefix("sockprobe: ")

@@ -112,23 +112,16 @@ def require_local(host: Host, needs_ports: bool = True) -> None:
 
 
 def ephemeral_exhausted_text(host: Host) -> str:
-    """ "no free ephemeral port on 127.0.0.1: ip_local_port_range 40000-40009 (10 ports)
-    is in use" with the range read from the kernel."""
-    from sockprobe import kernel
+    """ "no free ephemeral port on 127.0.0.1: the ephemeral port range 40000-40009
+    (net.ipv4.ip_local_port_range, 10 ports) has 10 in use ..." from the kernel's range and
+    sock_diag's count of the sockets holding it."""
+    from sockprobe.kernel.ephemeral import ephemeral_use
 
-    rng = kernel.sysctl("net.ipv4.ip_local_port_range")
-    if rng:
-        lo, _, hi = " ".join(rng.split()).partition(" ")
-        try:
-            a, b = int(lo), int(hi.strip())
-            where = f"ip_local_port_range {a}-{b} ({b - a + 1} ports) is all in use"
-        except ValueError:
-            where = f"ip_local_port_range {rng} is all in use"
-    else:
-        where = "the ephemeral port range is all in use"
+    use = ephemeral_use()
+    where = use.describe() if use is not None else "the ephemeral port range is all in use"
     return (
-        f"no free ephemeral port on {host.address}: {where} (connections and TIME_WAIT); "
-        "this probe binds ephemeral ports and cannot run until some are free"
+        f"no free ephemeral port on {host.address}: {where}; this probe binds ephemeral "
+        "ports and cannot run until some are free"
     )
 
 
@@ -361,6 +354,14 @@ class Lab:
             for w in live:
                 w.join(max(0.0, end - time.monotonic()))
         for s in list(self.sockets):
+            # The experiments are over: a TCP socket still open here is closed with a
+            # reset (SO_LINGER {1, 0}, tcp_close()), so a probe leaves no TIME_WAIT behind
+            # except the ones it made on purpose by closing explicitly before.
+            if s.fileno() != -1 and s.type == socket.SOCK_STREAM and s.family != socket.AF_UNIX:
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             try:
                 s.close()
             except OSError:

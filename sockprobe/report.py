@@ -299,13 +299,16 @@ def _json_value(value: Any) -> Any:
 
 
 def params_dict(params: object) -> dict[str, Any]:
-    """A dataclass of probe parameters as a plain dict for the report (callables, such
-    as a progress hook, are left out)."""
+    """A dataclass of probe parameters as a plain dict for the report (callables and
+    fields kept off the command line, such as a progress hook, are left out)."""
+    from sockprobe.options import spec_of
+
     if dataclasses.is_dataclass(params) and not isinstance(params, type):
         return {
             f.name: getattr(params, f.name)
             for f in dataclasses.fields(params)
             if not callable(getattr(params, f.name))
+            and not ((spec := spec_of(f)) is not None and not spec.cli)
         }
     raise TypeError(f"params must be a dataclass instance, not {type(params).__name__}")
 

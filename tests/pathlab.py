@@ -92,12 +92,13 @@ def _ip(*args: str) -> None:
 
 
 class Path2:
-    """Two namespaces joined by a delay line; `run_a`/`popen_b` run commands inside."""
+    """Two namespaces joined by a delay line (`delay_ms`) or, with `veth=True`, by a plain
+    veth pair; `run_a`/`popen_b` run commands inside."""
 
-    def __init__(self, delay_ms: float = 0.0, mtu: int = 1500) -> None:
+    def __init__(self, delay_ms: float = 0.0, mtu: int = 1500, veth: bool = False) -> None:
         tag = secrets.token_hex(3)
         self.a, self.b = f"spA{tag}", f"spB{tag}"
-        self.delay_ms, self.mtu = delay_ms, mtu
+        self.delay_ms, self.mtu, self.veth = delay_ms, mtu, veth
         self.forwarder: subprocess.Popen[str] | None = None
         self.children: list[subprocess.Popen[str]] = []
 
@@ -106,6 +107,25 @@ class Path2:
             for ns in (self.a, self.b):
                 _ip("netns", "add", ns)
                 _ip("-n", ns, "link", "set", "lo", "up")
+            if self.veth:
+                _ip(
+                    "-n",
+                    self.a,
+                    "link",
+                    "add",
+                    "sptun0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "sptun0",
+                    "netns",
+                    self.b,
+                )
+                for ns, mine, theirs in ((self.a, A_ADDR, B_ADDR), (self.b, B_ADDR, A_ADDR)):
+                    _ip("-n", ns, "addr", "add", mine, "peer", theirs, "dev", "sptun0")
+                    _ip("-n", ns, "link", "set", "sptun0", "mtu", str(self.mtu), "up")
+                return self
             self.forwarder = subprocess.Popen(
                 [sys.executable, "-c", _FORWARDER, self.a, self.b, str(self.delay_ms)],
                 stdin=subprocess.PIPE,

@@ -171,3 +171,23 @@ def test_a_probe_that_cannot_finish_is_its_row_and_the_rest_run():
 def test_all_with_a_host_that_is_not_local_exits_2(capsys):
     assert main(["all", "--host", "192.0.2.1"]) == 2
     assert "not usable on this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_every_report_fits_the_terminal_width(runs, width):
+    from sockprobe.render import RenderOptions, _cell, render_many
+    from sockprobe.report import report_from_dict
+
+    doc = json.loads(runs["a"].read_text())
+    for name, rep in doc["probes"].items():
+        report = report_from_dict(rep)
+        text = render_many([report], RenderOptions(explain=True, width=width))
+        widest = max(len(line) for line in text.splitlines())
+        assert widest <= width, (name, widest)
+        # In a pipe (no width) every table row stays on one line: no row is wrapped.
+        piped = render_many([report], RenderOptions(explain=True)).splitlines()
+        for t in report.tables:
+            if t.rows and not t.detail:
+                key = t.columns[0].key
+                first = _cell(t.rows[0][key], key)
+                assert any(line.lstrip().startswith(first) for line in piped), (name, t.id)

@@ -327,3 +327,31 @@ def test_sigterm_and_sighup_end_like_ctrl_c(sig, code):
     assert proc.returncode == code, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and signal.Signals(sig).name in lines[0] and "cleaned up" in lines[0]
+
+
+def test_port_wait_streams_one_event_per_change_then_the_report():
+    import socket
+    import threading
+
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    port = lst.getsockname()[1]
+    timer = threading.Timer(0.8, lst.close)
+    timer.start()
+    try:
+        r = sub("port", str(port), "--wait", "5", "--format", "jsonl")
+    finally:
+        timer.join()
+        lst.close()
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert lines[0]["event"] == "wait" and "LISTEN" in lines[0]["text"]
+    assert lines[-1]["probe"] == "port" and lines[-1]["free"]["plain"] is True
+
+
+def test_all_jsonl_streams_one_report_per_probe():
+    r = sub("all", "--only", "kernel,framing", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    probes = [json.loads(x)["probe"] for x in r.stdout.splitlines()]
+    assert sorted(probes) == ["framing", "kernel"]

@@ -97,7 +97,7 @@ def test_findings_and_summary_come_from_the_run(report: Report) -> None:
     ka = report.get("idle").find(case="idle_keepalive")
     assert f"{ka['elapsed_s']:.2f} s" in report.summary
     assert any("must set" in f for f in report.findings)
-    assert report.duration_s < Params().bound_s + 2.0
+    assert report.duration_s < Params().bound_s + 4.0  # margin for a loaded machine
 
 
 def test_rule_matches_the_numbers_the_kernel_is_known_for() -> None:

@@ -371,4 +371,7 @@ def test_exhausted_port_range_exits_3_naming_the_range(netns, probe):
     )
     assert code == 3 and doc is None, err
     assert len(err.strip().splitlines()) == 1
-    assert "ip_local_port_range 40000-40003 (4 ports)" in err or "EADDRNOTAVAIL" in err
+    assert (
+        "the ephemeral port range 40000-40003 (net.ipv4.ip_local_port_range, 4 ports)" in err
+        or "EADDRNOTAVAIL" in err
+    )

@@ -348,3 +348,15 @@ def test_path_partial_send_delivers_every_byte(path):
     assert row["received_b"] == 300000
     assert 0 < row["held_b"] < 300000
     assert abs(row["rtt_ms"] - 2 * DELAY_MS) <= 0.25 * 2 * DELAY_MS
+
+
+@needs_path
+def test_a_plain_veth_path_has_the_mtu_and_mss_loopback_lacks():
+    with pathlab.Path2(veth=True) as p:
+        agent = p.popen_b("serve", "--bind", pathlab.B_ADDR, "--token", TOKEN, "--once")
+        assert agent.stdout is not None
+        assert "listening on" in agent.stdout.readline()
+        doc = _probe((p, agent), "udp-truncate")
+        rows = {(r["pmtudisc"], r["size"]): r for r in _table(doc, "path_udp")["rows"]}
+        assert rows[("IP_PMTUDISC_DO", 1473)]["send"] == "EMSGSIZE"
+        assert rows[("IP_PMTUDISC_WANT", 5888)]["delivered"] is True

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from typing import Any
 
 import pytest
-from helpers import has_ipv6_loopback, interrupt, labelled
+from helpers import has_ipv6_loopback, interrupt
 
 from sockprobe import kernel
 from sockprobe.cli import main
 from sockprobe.kernel import sockstate
+from sockprobe.kernel.synretry import describe
 from sockprobe.lab import Deadline, Lab, resolve_host
 from sockprobe.probes import timeouts
+from sockprobe.probes.timeouts import setup
 from sockprobe.status import DeadlineExceeded, UsageError
 
 T = 0.2
@@ -62,21 +66,12 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str | None]] = {
 BLOCKS = {"connect-full-queue", "accept", "recv", "send-full"}
 
 
-def _rows(table):
-    return labelled(table)
-
-
 def _matrix(report):
-    by_label = {label: op for op, label in OP.items()}
-    by_mode = {label: m for m, label in MODE.items()}
-    return {
-        (by_label[r["operation"]], r["call"], by_mode[r["mode"]]): r
-        for r in _rows(report.tables[0])
-    }
+    return {(r["op"], r["call"], r["mode"]): r for r in report.get("matrix").rows}
 
 
 def _facts(report):
-    return {r["check"]: r for r in _rows(report.tables[1])}
+    return {r["fact"]: r for r in report.get("facts").rows}
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +96,9 @@ def test_timeouts_fire_within_their_bounds(report):
     for op in BLOCKS:
         for call in timeouts.OPS[op][1]:
             for mode in ("timeout", "sockopt"):
-                ms = m[(op, call, mode)]["elapsed"]
+                ms = m[(op, call, mode)]["elapsed_ms"]
                 assert 0.9 * T * 1000 <= ms <= (T + 0.2) * 1000, (op, call, mode, ms)
-                assert m[(op, call, mode)]["timeout"] == T
+                assert m[(op, call, mode)]["timeout_s"] == T
 
 
 def test_blocking_calls_that_would_hang_are_woken_by_shutdown(report):
@@ -112,17 +107,17 @@ def test_blocking_calls_that_would_hang_are_woken_by_shutdown(report):
         if mode != "blocking":
             continue
         if op in BLOCKS:
-            assert row["blocked"] == f"blocked (woken by shutdown after {WAKE:.2f} s)"
-            assert 0.9 * WAKE * 1000 <= row["elapsed"] <= (WAKE + 1.0) * 1000
+            assert row["woken"] is True
+            assert 0.9 * WAKE * 1000 <= row["elapsed_ms"] <= (WAKE + 1.0) * 1000
         else:
-            assert row["blocked"] == "-", (op, call)
-            assert row["elapsed"] < 100, (op, call, row["elapsed"])
+            assert row["woken"] is False, (op, call)
+            assert row["elapsed_ms"] < 100, (op, call, row["elapsed_ms"])
 
 
 def test_non_waiting_cases_return_at_once(report):
     for (op, _call, mode), row in _matrix(report).items():
         if op not in BLOCKS or mode == "nonblocking":
-            assert row["elapsed"] < 100, (op, mode, row["elapsed"])
+            assert row["elapsed_ms"] < 100, (op, mode, row["elapsed_ms"])
 
 
 @linux_only
@@ -153,7 +148,7 @@ def test_black_hole_listener_is_full_per_tcp_info():
     # which is min(0, somaxconn)), and a further SYN is dropped: connect times out.
     with Lab(resolve_host("127.0.0.1"), Deadline(10)) as lab:
         case = timeouts.Case("connect-full-queue", "connect", "timeout")
-        lst, info = timeouts._black_hole(lab, case)
+        lst, info = setup.full_queue(lab, case)
         assert info["fillers"] == 1
         somaxconn = kernel.sysctl_int("net.core.somaxconn")
         assert info["queue"] == (1, min(0, somaxconn if somaxconn is not None else 0))
@@ -168,21 +163,20 @@ def test_black_hole_listener_is_full_per_tcp_info():
 @linux_only
 def test_python_level_and_thread_facts(report):
     f = _facts(report)
-    assert f["settimeout(0), then getblocking() / gettimeout()"]["result"] == "False / 0.0"
-    assert f["setblocking(False), then getblocking() / gettimeout()"]["result"] == "False / 0.0"
-    assert f["recv with no data after settimeout(0)"]["result"] == "raised BlockingIOError (EAGAIN)"
-    assert f["socket.timeout is TimeoutError (Python >= 3.10)"]["result"] == "True"
-    assert f[f"SO_RCVTIMEO {T:g} s set: gettimeout() / SO_RCVTIMEO read back"]["result"] == (
-        f"None / {T:g} s"
-    )
-    assert f["signal.signal(SIGALRM, ...) from a worker thread"]["result"] == "raised ValueError"
-    sel = f[f"select() for {T:g} s on a socket with SO_RCVTIMEO {T / 4:g} s"]
+    assert f["settimeout_zero"]["result"] == "False / 0.0"
+    assert f["setblocking_false"]["result"] == "False / 0.0"
+    assert f["recv_timeout_zero"]["result"] == "raised BlockingIOError (EAGAIN)"
+    assert f["timeout_alias"]["result"] == "True"
+    assert f["rcvtimeo_readback"]["result"] == f"None / {T:g} s"
+    assert f["signal_in_thread"]["result"] == "raised ValueError"
+    sel = f["select_rcvtimeo"]
+    assert sel["check"] == f"select() for {T:g} s on a socket with SO_RCVTIMEO {T / 4:g} s"
     assert sel["result"] == "nothing readable at its own timeout"
-    assert 0.9 * T * 1000 <= sel["elapsed"] <= (T + 0.2) * 1000  # not cut to T/4
-    sendall = next(v for k, v in f.items() if k.startswith("sendall("))
+    assert 0.9 * T * 1000 <= sel["elapsed_ms"] <= (T + 0.2) * 1000  # not cut to T/4
+    sendall = f["sendall_budget"]
     assert sendall["result"] == "raised TimeoutError"
-    assert 0.9 * T * 1000 <= sendall["elapsed"] <= (T + 0.2) * 1000
-    closed = f["close() from another thread while recv is blocked"]
+    assert 0.9 * T * 1000 <= sendall["elapsed_ms"] <= (T + 0.2) * 1000
+    closed = f["close_from_thread"]
     assert closed["result"].startswith(f"still blocked after {WAKE:.2f} s")
     assert closed["result"].endswith("returned b''")
     drained = [x for x in report.findings if "drained" in x]
@@ -191,17 +185,21 @@ def test_python_level_and_thread_facts(report):
 
 def test_findings_quote_measured_numbers(report):
     m = _matrix(report)
-    ms = m[("recv", "recv", "timeout")]["elapsed"]
+    ms = m[("recv", "recv", "timeout")]["elapsed_ms"]
     assert any(f"raised TimeoutError after {ms / 1000:.3f} s" in x for x in report.findings)
-    assert report.summary.startswith("black-hole connect with settimeout(0.2)")
+    # The headline says what the "black hole" is: a SYN dropped at a full accept queue.
+    assert report.summary.startswith(
+        "connect() with settimeout(0.2) to a full accept queue (SYN dropped, no answer): "
+        "TimeoutError after"
+    )
     assert all(ep["local"].startswith("127.0.0.1:") for ep in report.endpoints)
 
 
 def test_non_volatile_cells_are_deterministic(report):
     again = timeouts.run(timeouts.Params(op_timeout=T, wake_after=WAKE))
     for t1, t2 in zip(report.tables, again.tables):
-        keep = [i for i, c in enumerate(t1.columns) if c not in t1.volatile]
-        assert [[r[i] for i in keep] for r in t1.rows] == [[r[i] for i in keep] for r in t2.rows]
+        keep = [c.key for c in t1.columns if c.kind == "exact"]
+        assert [[r[k] for k in keep] for r in t1.rows] == [[r[k] for k in keep] for r in t2.rows]
 
 
 def test_whole_run_stays_under_its_deadline():
@@ -252,8 +250,11 @@ def test_cli_json_and_bad_input(capsys):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["probe"] == "timeouts" and doc["params"]["op_timeout"] == 0.05
-    assert doc["tables"][0]["volatile"] == ["elapsed"]
-    assert doc["tables"][0]["rows"][0][5] == "raised TimeoutError"
+    matrix = next(t for t in doc["tables"] if t["id"] == "matrix")
+    kinds = {c["key"]: c["kind"] for c in matrix["columns"]}
+    assert [k for k, v in kinds.items() if v != "exact"] == ["elapsed_ms"]
+    assert matrix["keys"] == ["op", "call", "mode"]
+    assert matrix["rows"][0]["result"] == "raised TimeoutError"
     code = main(["timeouts", "--op-timeout", "-1"])
     _, err = capsys.readouterr()
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -267,3 +268,96 @@ def test_ctrl_c_wakes_every_waiting_case_and_exits_130():
     assert took < 1.5
     assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_one_thread_per_waiting_call_not_two() -> None:
+    """The matrix needs one thread per call that waits (they wait at the same time), two
+    lanes of facts (each with at most one helper a fact starts), and one waker: not a
+    watchdog thread beside every blocked call (33 at once before)."""
+    p = timeouts.Params(op_timeout=T, wake_after=WAKE)
+    waiting = sum(timeouts.matrix.may_wait(c) for c in timeouts.matrix.cases_for(p))
+    base = threading.active_count()
+    peak = base
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.002):
+            peak = max(peak, threading.active_count())
+
+    sampler = threading.Thread(target=sample, name="test-thread-sampler")
+    sampler.start()
+    try:
+        timeouts.run(p)
+    finally:
+        stop.set()
+        sampler.join()
+    extra = peak - base - 1  # the sampler itself
+    assert extra <= waiting + 2 + 2 + 1, (extra, waiting)
+    assert waiting + 5 < 33
+
+
+def _ns_run(netns: Any, **how: Any) -> Any:
+    return netns.in_netns(
+        "import json\n"
+        "from sockprobe.probes.timeouts import Params, run\n"
+        "r = run(Params(ops=('recv',), modes=('timeout',)))\n"
+        "print(json.dumps(r.to_dict()))\n",
+        **how,
+    )
+
+
+@pytest.mark.parametrize(("retries", "linear"), [(2, 4), (1, 0), (6, 4)])
+def test_namespace_connect_note_follows_syn_settings(netns: Any, retries: int, linear: int) -> None:
+    # The schedule itself is measured against the same rule in test_backlog's
+    # test_namespace_syn_schedule_stated_matches_measured.
+    proc = _ns_run(
+        netns,
+        sysctls={
+            "net.ipv4.tcp_syn_retries": retries,
+            "net.ipv4.tcp_syn_linear_timeouts": linear,
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    note = next(n for n in doc["notes"] if n.startswith("Which blocking calls end"))
+    assert describe(retries, linear) in note
+    assert "connect() is the one blocking TCP call that always does" in note
+
+
+def test_namespace_lo_down_is_unsupported(netns: Any) -> None:
+    proc = netns.in_netns(args=["timeouts", "--json"], setup=["ip link set lo down"])
+    assert proc.returncode == 3, proc.stderr
+    assert "lo is down" in proc.stderr and proc.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("limit", [16, 40])
+def test_low_rlimit_nofile_is_unsupported_naming_the_limit(limit: int) -> None:
+    resource = pytest.importorskip("resource")
+    import subprocess
+    import sys
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sockprobe", "timeouts"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=low,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert f"RLIMIT_NOFILE soft {limit}, hard {limit}" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+def test_namespace_small_port_range_is_unsupported_naming_it(netns: Any) -> None:
+    """Ten ephemeral ports cannot hold 44 cases side by side: exit 3 naming the range,
+    not an 'unexpected socket error'."""
+    proc = netns.in_netns(
+        args=["timeouts", "--json"], sysctls={"net.ipv4.ip_local_port_range": "40000 40009"}
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "ephemeral port range 40000-40009" in proc.stderr and proc.stdout.strip() == ""
+    assert len(proc.stderr.strip().splitlines()) == 1

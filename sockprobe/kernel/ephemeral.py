@@ -12,6 +12,7 @@
 - `bind_no_port(sock)`: IP_BIND_ADDRESS_NO_PORT (Linux 4.2+, 24): bind() to an address
   with port 0 takes no port; connect() picks it later with the 4-tuple known, so ports
   are shared between destinations as for a plain connect().
+- `ephemeral_use()`: is the range exhausted, and how many of its ports are held now.
 - `held_ports(family)`: the local ports of every TCP socket in every state (TIME_WAIT and
   bound-but-inactive included), from sock_diag.
 
@@ -25,6 +26,7 @@ import errno
 import socket
 import struct
 import sys
+from dataclasses import dataclass
 
 from sockprobe import kernel
 from sockprobe.kernel import sockdiag
@@ -89,3 +91,57 @@ def all_tcp() -> list[sockdiag.DiagSocket]:
         if exc.errno not in (errno.EAFNOSUPPORT, errno.ENOENT, errno.EINVAL):
             raise  # no IPv6 in this kernel: the IPv4 dump is the whole answer
     return out
+
+
+@dataclass(frozen=True)
+class EphemeralUse:
+    """How full the ephemeral range is: is it exhausted, and how many of its ports are
+    held (for the host check and for a probe that ran out of ports)."""
+
+    low: int
+    high: int
+    #: Ports of the range that some TCP socket of this namespace holds as its local port
+    #: (any state: TIME_WAIT and bound-but-inactive included, from sock_diag).
+    in_use: int
+    #: Ports of the range listed in net.ipv4.ip_local_reserved_ports (and not in use).
+    reserved: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.high - self.low + 1
+
+    @property
+    def free(self) -> int:
+        return max(0, self.size - self.in_use - self.reserved)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.free == 0
+
+    def describe(self) -> str:
+        """'the ephemeral port range 40000-40003 (net.ipv4.ip_local_port_range, 4 ports)
+        has 4 in use by TCP sockets of this network namespace'."""
+        res = f", {self.reserved} reserved" if self.reserved else ""
+        return (
+            f"the ephemeral port range {self.low}-{self.high} "
+            f"(net.ipv4.ip_local_port_range, {self.size} ports) has {self.in_use} in use"
+            f"{res} by TCP sockets of this network namespace"
+        )
+
+
+def ephemeral_use() -> EphemeralUse | None:
+    """The range and how many of its ports are held now; None where the range or the
+    sockets cannot be read. connect() may still share a held port between different
+    destinations, so `in_use` is what bind(port 0) must avoid and an upper bound on what
+    connect() lacks; the errno of a failed call is the proof that it lacked one."""
+    rng = local_port_range()
+    if rng is None:
+        return None
+    low, high = rng
+    try:
+        sockets = all_tcp()
+    except OSError:
+        return None
+    used = {s.local[1] for s in sockets if low <= s.local[1] <= high}
+    reserved = {p for p in reserved_ports() if low <= p <= high} - used
+    return EphemeralUse(low, high, len(used), len(reserved))

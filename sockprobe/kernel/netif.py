@@ -66,3 +66,24 @@ def set_link(iface: str, *, up: bool | None = None, mtu: int | None = None) -> N
             # The union member is a signed short in struct ifreq.
             signed = flags - 0x10000 if flags & 0x8000 else flags
             fcntl.ioctl(s, SIOCSIFFLAGS, _FLAGS.pack(_name(iface), signed))
+
+
+def loopback_down_reason(address: str) -> str | None:
+    """Why `address` cannot carry an experiment here, if it is a loopback address and
+    the loopback interface is down in this network namespace; None otherwise (or when it
+    cannot tell). With `lo` down a fresh namespace has no 127.0.0.1 at all, and one whose
+    `lo` was taken down keeps the address while a connect() to it returns EINPROGRESS and
+    its SYN never arrives, so a probe would count clients that never reached a listener.
+    """
+    import ipaddress
+
+    try:
+        loop = ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return None
+    if loop and link_is_up("lo") is False:
+        return (
+            f"the loopback interface lo is down in this network namespace, so nothing sent "
+            f"to {address} arrives (ip link set lo up)"
+        )
+    return None
