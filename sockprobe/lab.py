@@ -354,8 +354,11 @@ class Lab:
     def cleanup(self) -> None:
         live = [w for w in self.workers if w.thread.is_alive()]
         if live:
-            # Wake any thread blocked on one of our sockets (see module docstring).
-            for s in self.sockets:
+            # Wake any thread blocked on one of our sockets (see module docstring). A
+            # copy: a woken thread may close its sockets (Lab.close() removes them from
+            # the list) while this loop runs, and iterating the list itself would then
+            # skip the socket after each removed one, leaving its call blocked.
+            for s in list(self.sockets):
                 try:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -364,7 +367,7 @@ class Lab:
             end = time.monotonic() + 2.0
             for w in live:
                 w.join(max(0.0, end - time.monotonic()))
-        for s in self.sockets:
+        for s in list(self.sockets):
             # The experiments are over: a TCP socket still open here is closed with a
             # reset (SO_LINGER {1, 0}, tcp_close()), so a probe leaves no TIME_WAIT behind
             # except the ones it made on purpose by closing explicitly before.

@@ -30,6 +30,15 @@ def has_ipv6_loopback() -> bool:
     return True
 
 
+def sigint_default() -> None:
+    """In the child before exec: SIGINT back to its default disposition. A test run in the
+    background of a non-interactive shell (or under nohup) inherits SIGINT ignored, and
+    Python installs its KeyboardInterrupt handler only when SIGINT is not ignored at
+    start-up (signal(7): ignored dispositions survive execve), so the signal would
+    otherwise be lost and the probe would run to its end with exit 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(args: Sequence[str], after: float) -> tuple[int, str, float]:
     """Run `python -m sockprobe ARGS`, send SIGINT after `after` seconds, and return its
     exit status, stderr, and how long it took to exit after the signal."""
@@ -38,6 +47,7 @@ def interrupt(args: Sequence[str], after: float) -> tuple[int, str, float]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     )
     try:
         time.sleep(after)

@@ -9,6 +9,7 @@ import textwrap
 from typing import Any
 
 import pytest
+from helpers import interrupt
 
 from sockprobe.kernel import ephemeral
 from sockprobe.probes.ephemeral import Params, run, time_wait
@@ -163,6 +164,13 @@ def test_host_table_in_a_namespace_with_a_small_range(netns: Any) -> None:
     assert any(
         "tcp_tw_reuse 0 (never)" in f and "as the rule predicts" in f for f in doc["findings"]
     )
+    # The busiest destination's 2 TIME_WAITs count against it: the late connect() above
+    # could not take one over, and the sentence says so from the same setting.
+    busiest = next(f for f in doc["findings"] if f.startswith("The busiest destination"))
+    assert "holds 8 ports (6 established, 2 TIME_WAIT)" in busiest
+    assert "TIME_WAIT ones count unless connect() takes them over (tcp_tw_reuse 0: never)" in (
+        busiest
+    )
     taken = next(r for r in tables["time_wait"]["rows"] if r["attempt"] == "bind_reuseaddr_now")
     assert taken["result"] == "ok"
 
@@ -192,27 +200,38 @@ def test_cli_json_and_usage_errors() -> None:
 
 def test_ctrl_c_cleans_up_and_exits_130() -> None:
     """SIGINT while the cases wait: every socket and thread released, exit 130 at once."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sockprobe", "ephemeral"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=10)
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
+    code, err, took = interrupt(["ephemeral"], 0.5)
+    assert code == 130, err
     assert "interrupted" in err
     assert took < 3.0
+
+
+def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:
+    """With `lo` down no connection is made (ENETUNREACH): the probe reports no counts
+    and no timers (none of its events happened) and exits 3 with one line naming it."""
+    code, d, err = netns.sockprobe_json("ephemeral", lo_up=False)
+    assert code == 3 and d is None, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ENETUNREACH" in lines[0] and "loopback" in lines[0]
+
+
+def test_no_descriptor_left_is_exit_3_naming_the_cause() -> None:
+    """RLIMIT_NOFILE 16: the experiments cannot open their sockets (EMFILE); the probe
+    names that and exits 3 instead of reporting the host with every experiment n/a."""
+    import resource
+    import subprocess
+    import sys
+
+    def few_fds() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sockprobe", "ephemeral"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=few_fds,
+    )
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "EMFILE" in lines[0] and "RLIMIT_NOFILE" in lines[0]

@@ -442,6 +442,11 @@ def test_netns_tcp_migrate_req_1_and_rfc1337_1(ns_runs: dict[str, Doc]) -> None:
     rst = one(d, "time_wait", case="rst_in_time_wait")
     assert rst["tw_before"] == 1 and rst["tw_server"] == 1 and rst["rule"] == "kept", rst
     assert "tcp_rfc1337 = 1" in rst["why"]
+    said = next(f for f in d["findings"] if f.startswith("An RST in the window"))
+    assert (
+        f"connect() {'was' if rst['result'].startswith('still') else 'gave'} " + str(rst["result"])
+        in said
+    )
     assert any("here tcp_rfc1337 is 1" in n for n in d["notes"])
 
 
@@ -452,9 +457,28 @@ def test_netns_tcp_timestamps_0(ns_runs: dict[str, Doc]) -> None:
         assert r["timestamps"] is False and r["tw_before"] == 1, r
         assert r["result"] != "ok" and r["rule"] == "refused", r
         assert "no TCP timestamps" in r["why"]
+    # The finding names that cause for the refused bind() + connect(), and does not claim
+    # what only a takeover shows (that tcp_tw_reuse does not gate a bound port).
+    bound = next(f for f in d["findings"] if f.startswith("bind() + connect() from a port"))
+    assert "the old connection used no TCP timestamps" in bound
+    assert "does not gate" not in bound
+    rst = next(f for f in d["findings"] if f.startswith("An RST in the window"))
+    assert "connect() gave" in rst or "connect() was still" in rst
     # A new SYN still reopens the server-side TIME_WAIT: its sequence number is later.
     syn = one(d, "time_wait", case="syn_reopens")
     assert syn["result"] == "ok" and syn["tw_server"] == 0 and "sequence number" in syn["why"]
+
+
+def test_netns_no_free_ephemeral_port_is_exit_3_naming_the_range(netns: Any) -> None:
+    """A 4-port ip_local_port_range runs out during the probe: bind(port 0) fails with
+    EADDRINUSE, which is the host's state: exit 3 naming the range, not exit 1."""
+    code, d, err = netns.sockprobe_json(
+        "reuseaddr", sysctls={"net.ipv4.ip_local_port_range": "40000 40003"}
+    )
+    assert code == 3 and d is None, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no free ephemeral port" in lines[0]
+    assert "40000-40003" in lines[0] and "ip_local_port_range" in lines[0]
 
 
 def test_netns_loopback_down_is_exit_3_naming_the_cause(netns: Any) -> None:

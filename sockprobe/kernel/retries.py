@@ -27,6 +27,11 @@ the 15th firing, so whether the abort comes there (about 926 s) or one 120 s tim
 depends on how late the timers fire; the sentences use kernel/rules.py
 retransmit_outcome(), which states that range.
 
+The formulas themselves live in kernel/rules.py (model_timeout, retransmit_schedule,
+syn_schedule, keepalive_dead_after), which `sockprobe kernel` also uses: this module only
+expresses them in milliseconds with the probe's measured inputs (the RTO, the time of the
+first timer retransmission), so there is one model of these timers.
+
 Keepalive (tcp_keepalive_timer()): the first probe goes out when the connection has been
 idle for TCP_KEEPIDLE (tcp_keepalive_time), one more every TCP_KEEPINTVL, and the timer
 that finds TCP_KEEPCNT (tcp_keepalive_probes) probes unanswered aborts the connection:
@@ -39,30 +44,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sockprobe.kernel import rules
+
 #: include/net/tcp.h: TCP_RTO_MIN is HZ / 5, TCP_RTO_MAX 120 s (the default of
-#: net.ipv4.tcp_rto_max_ms where that sysctl exists).
-TCP_RTO_MIN_MS = 200
-TCP_RTO_MAX_MS = 120_000
-
-
-def _ilog2(n: int) -> int:
-    return n.bit_length() - 1 if n > 0 else 0
+#: net.ipv4.tcp_rto_max_ms where that sysctl exists); the values are rules.py's.
+TCP_RTO_MIN_MS = round(rules.TCP_RTO_MIN_S * 1000)
+TCP_RTO_MAX_MS = round(rules.TCP_RTO_MAX_S * 1000)
+#: include/net/tcp.h TCP_TIMEOUT_INIT: the initial RTO of a SYN (1 s, RFC 6298).
+TCP_TIMEOUT_INIT_MS = round(rules.TCP_TIMEOUT_INIT_S * 1000)
 
 
 def model_timeout_ms(
     boundary: int, rto_base_ms: int = TCP_RTO_MIN_MS, rto_max_ms: int = TCP_RTO_MAX_MS
 ) -> int:
-    """tcp_model_timeout(): the time `boundary` retransmissions take from rto_base with
-    exponential backoff capped at rto_max, in ms (15 -> 924,600 ms)."""
-    thresh = _ilog2(rto_max_ms // rto_base_ms)
-    if boundary <= thresh:
-        return ((2 << boundary) - 1) * rto_base_ms
-    return ((2 << thresh) - 1) * rto_base_ms + (boundary - thresh) * rto_max_ms
+    """tcp_model_timeout() in ms (rules.model_timeout()): the time `boundary`
+    retransmissions take from rto_base with exponential backoff capped at rto_max
+    (15 -> 924,600 ms)."""
+    return round(rules.model_timeout(boundary, rto_base_ms / 1000, rto_max_ms / 1000) * 1000)
 
 
 @dataclass(frozen=True)
 class GiveUp:
-    """When a connection whose data is never acknowledged is aborted."""
+    """When a connection whose data (or SYN) is never acknowledged is aborted."""
 
     #: The budget retransmits_timed_out() compares against (tcp_model_timeout), ms.
     budget_ms: int
@@ -78,72 +81,64 @@ def give_up(
     *,
     first_ms: float | None = None,
     rto_max_ms: int = TCP_RTO_MAX_MS,
-    rto_base_ms: int = TCP_RTO_MIN_MS,
-    linear: int = 0,
-    from_send: bool = False,
 ) -> GiveUp:
-    """Walk the retransmission timer until a firing finds the budget used up: that
-    firing aborts instead of retransmitting (tcp_write_timeout() runs first).
+    """rules.retransmit_schedule() with the timers firing on time, in ms: the firing
+    that finds the budget used up aborts instead of retransmitting (tcp_write_timeout()
+    runs first).
 
-    - `first_ms`: when the timer sent the first retransmission, after the original send
-      (default `rto_ms`; on loopback a tail loss probe, tcp_send_loss_probe(), usually
-      goes first and the first timer retransmission comes one RTO after it, so the probe
-      passes the time it measured);
-    - the budget is counted from `retrans_stamp`: for data, tcp_retransmit_skb() sets it
-      when the timer's first retransmission leaves (the loss probe goes through
-      __tcp_retransmit_skb() and does not); for a SYN, tcp_connect() sets it when the SYN
-      is sent (`from_send`);
-    - after the first retransmission the timeout is doubled at each firing, capped at
-      rto_max, except that the first `linear` retransmissions keep it
-      (tcp_syn_linear_timeouts for a SYN, Linux 6.10+; 0 for data).
+    `first_ms` is when the timer sent the first retransmission, after the original send
+    (default `rto_ms`). On loopback a tail loss probe (tcp_send_loss_probe()) usually goes
+    first and the first timer retransmission comes one RTO after it, so the probe passes
+    the time it measured. The budget counts from `retrans_stamp`, which
+    tcp_retransmit_skb() sets when that first timer retransmission leaves (the loss probe
+    goes through __tcp_retransmit_skb() and does not set it).
     """
-    budget = model_timeout_ms(retries, rto_base_ms, rto_max_ms)
-    first = float(rto_ms if first_ms is None else first_ms)
-    start = 0.0 if from_send else first
-    t, sent = first, 1
-    timeout = float(rto_ms) if sent <= linear else min(2.0 * rto_ms, float(rto_max_ms))
-    # Bounded: every step adds at least rto_ms (> 0) until t - start >= budget.
-    while True:
-        t += timeout
-        if t - start >= budget:
-            return GiveUp(budget, round(t), sent)
-        sent += 1
-        if sent > linear:
-            timeout = min(timeout * 2, float(rto_max_ms))
-
-
-#: include/net/tcp.h TCP_TIMEOUT_INIT: the initial RTO of a SYN (1 s, RFC 6298).
-TCP_TIMEOUT_INIT_MS = 1000
-
-
-def syn_give_up(syn_retries: int, linear_timeouts: int = 0) -> GiveUp:
-    """When connect() to a silent address fails: for SYN_SENT, retransmits_timed_out()
-    builds the budget from tcp_timeout_init() (1 s) instead of TCP_RTO_MIN, and the
-    first tcp_syn_linear_timeouts retransmissions keep the 1 s timeout
-    (tcp_retransmit_timer()). 6 and 4 give 131 s after 10 SYN retransmissions."""
-    return give_up(
-        syn_retries,
-        TCP_TIMEOUT_INIT_MS,
-        rto_base_ms=TCP_TIMEOUT_INIT_MS,
-        linear=linear_timeouts,
-        from_send=True,
+    first = None if first_ms is None else first_ms / 1000
+    sch = rules.retransmit_schedule(
+        retries, rto_ms / 1000, rto_max_ms / 1000, late=1.0, first=first
+    )
+    return GiveUp(
+        model_timeout_ms(retries, TCP_RTO_MIN_MS, rto_max_ms),
+        round(sch.gives_up_s * 1000),
+        sch.retransmissions,
     )
 
 
-def keepalive_abort_s(idle_s: float, intvl_s: float, cnt: int) -> float:
-    """Seconds from the last segment received to the keepalive abort (ETIMEDOUT)."""
-    return idle_s + intvl_s * cnt
+def syn_give_up(
+    syn_retries: int, linear_timeouts: int = 0, rto_max_ms: int = TCP_RTO_MAX_MS
+) -> GiveUp:
+    """When connect() to a silent address fails (rules.syn_schedule()): for SYN_SENT,
+    retransmits_timed_out() builds the budget from tcp_timeout_init() (1 s) instead of
+    TCP_RTO_MIN and counts it from the first SYN; the first tcp_syn_linear_timeouts
+    retransmissions keep the 1 s timeout (tcp_retransmit_timer()), and tcp_write_timeout()
+    also stops after syn_retries + linear_timeouts retransmissions. 6 and 4 give 131 s
+    after 10 SYN retransmissions."""
+    sch = rules.syn_schedule(syn_retries, linear_timeouts, rto_max=rto_max_ms / 1000)
+    return GiveUp(
+        model_timeout_ms(syn_retries, TCP_TIMEOUT_INIT_MS, rto_max_ms),
+        round(sch.gives_up_s * 1000),
+        sch.retransmissions,
+    )
+
+
+def keepalive_abort_s(idle_s: int, intvl_s: int, cnt: int) -> float:
+    """Seconds from the last segment received to the keepalive abort (ETIMEDOUT):
+    rules.keepalive_dead_after()."""
+    return float(rules.keepalive_dead_after(idle_s, intvl_s, cnt))
 
 
 def retransmissions_by(
-    t_ms: float, rto_ms: float, first_ms: float | None = None, rto_max_ms: int = TCP_RTO_MAX_MS
+    t_ms: float,
+    retries: int,
+    rto_ms: float,
+    first_ms: float | None = None,
+    rto_max_ms: int = TCP_RTO_MAX_MS,
 ) -> int:
-    """How many retransmissions the timer has sent `t_ms` after the original send: the
-    first at `first_ms` (default one RTO), then after 2, 4, 8... RTOs, capped at rto_max."""
-    t = float(rto_ms if first_ms is None else first_ms)
-    timeout, sent = min(2.0 * rto_ms, float(rto_max_ms)), 0
-    while rto_ms > 0 and t <= t_ms:
-        sent += 1
-        t += timeout
-        timeout = min(timeout * 2, float(rto_max_ms))
-    return sent
+    """How many retransmissions the timer has sent `t_ms` after the original send, on the
+    schedule give_up() walks (the first at `first_ms`, then after 2, 4, 8... RTOs, capped
+    at rto_max; none after the abort)."""
+    first = None if first_ms is None else first_ms / 1000
+    sch = rules.retransmit_schedule(
+        retries, rto_ms / 1000, rto_max_ms / 1000, late=1.0, first=first
+    )
+    return sum(1 for s in sch.sends if s * 1000 <= t_ms)

@@ -156,6 +156,7 @@ def retransmit_schedule(
     rto_max: float = TCP_RTO_MAX_S,
     base: float = TCP_RTO_MIN_S,
     late: float = LATE_MIN,
+    first: float | None = None,
 ) -> Schedule:
     """Unacknowledged data on an established connection (tcp_retries2, orphan retries).
 
@@ -165,11 +166,13 @@ def retransmit_schedule(
     each time the retransmission timer fires, before it retransmits. The timer starts at
     the connection's RTO and doubles up to TCP_RTO_MAX (tcp_retransmit_timer). A count
     of retransmissions is never compared. `late` scales every timeout (timer slack); a
-    tail loss probe (tcp_early_retrans) may add one probe before the first timeout.
+    tail loss probe (tcp_early_retrans) may add one probe before the first timeout:
+    `first`, when given, is when the timer's first retransmission left (measured), and
+    the doubling timeouts follow it.
     """
     budget = model_timeout(retries, base, rto_max)
-    t, cur = 0.0, rto
-    sends: list[float] = []
+    t, cur = (0.0, rto) if first is None else (first, min(2 * rto, rto_max))
+    sends: list[float] = [] if first is None else [first]
     while True:
         t += cur * late
         if sends and t - sends[0] >= budget - 1e-9:

@@ -63,17 +63,22 @@ def run(params: Params) -> Report:
     try:
         with Lab(host, deadline) as lab:
             stalled = leftovers.start(lab)
-            eof.measure(lab, steps, closers)
-            reset.measure(lab, steps, closers)
-            half_close.measure(lab, steps, closers)
-            fw2 = half_close.fin_wait2(lab)
-            shared_rows = [shared.dup(lab), shared.fork_child(lab)]
-            linger_rows = [
-                lingering.measure(lab, c) for c in ("close_unread", "shutdown_drain_close")
-            ]
-            in_here = sigpipe.here()
-            in_child = sigpipe.child(lab)
-            left = leftovers.measure(lab, stalled)
+            try:
+                eof.measure(lab, steps, closers)
+                reset.measure(lab, steps, closers)
+                half_close.measure(lab, steps, closers)
+                fw2 = half_close.fin_wait2(lab)
+                shared_rows = [shared.dup(lab), shared.fork_child(lab)]
+                linger_rows = [
+                    lingering.measure(lab, c) for c in ("close_unread", "shutdown_drain_close")
+                ]
+                in_here = sigpipe.here()
+                in_child = sigpipe.child(lab)
+                left = leftovers.measure(lab, stalled)
+            except BaseException:
+                # Deadline, Ctrl-C or error: end the lingering close() now (see abandon()).
+                leftovers.abandon(lab, stalled)
+                raise
             report.endpoints = lab.endpoints
     except OSError as exc:
         # A loopback that cannot connect (lo down, no descriptors) is not a result.

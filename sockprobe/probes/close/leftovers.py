@@ -42,7 +42,7 @@ class Leftover:
     case: str
     queued_b: Cell
     unsent_b: Cell
-    close_s: Cell
+    close_ms: Cell
     close_result: str
     state_after: Cell
     peer_read_b: Cell
@@ -111,6 +111,17 @@ def start(lab: Lab) -> Pending:
     return p
 
 
+def abandon(lab: Lab, p: Pending) -> None:
+    """On an error, a deadline or Ctrl-C while the stalled close() still lingers: reset
+    its peer, so that close() returns now instead of when its linger time runs out.
+    Lab.cleanup()'s shutdown() does not end it (the peer's FIN only moves the closer to
+    CLOSING, still waiting); the peer's RST does: tcp_reset() -> tcp_done() sets CLOSE,
+    and sk_stream_wait_close() in tcp_close() waits only while the state is FIN_WAIT1,
+    CLOSING or LAST_ACK (net/core/stream.c, closing())."""
+    if p.worker is not None and p.worker.thread.is_alive():
+        lab.close_abortively(p.client)
+
+
 def _finish(lab: Lab, p: Pending) -> Leftover:
     state = _state(lab, p.local, p.remote)
     read, end = drain(p.client, lab.deadline, f"reading what {p.case} left")
@@ -118,8 +129,9 @@ def _finish(lab: Lab, p: Pending) -> Leftover:
     # that shows nothing here (tcp_rcv_state_process, FIN_WAIT2 + FIN).
     sockstate.abortive_linger(p.client)
     lab.close(p.client)
-    close_s: Cell = round(p.times[0], 3) if p.times else NA("close() did not return")
-    return Leftover(p.case, p.queued, p.unsent, close_s, "returned None", state, read, end)
+    # In ms: a plain close() returns in microseconds, a lingering one in a second.
+    close_ms: Cell = round(p.times[0] * 1000, 3) if p.times else NA("close() did not return")
+    return Leftover(p.case, p.queued, p.unsent, close_ms, "returned None", state, read, end)
 
 
 def measure(lab: Lab, pending: Pending) -> list[Leftover]:
@@ -148,7 +160,7 @@ def table(report: Report, rows: list[Leftover]) -> None:
             col("case"),
             col("queued_b", "queued by the closer", "B", VOLATILE),
             col("unsent_b", "unacknowledged at close (SIOCOUTQ)", "B", VOLATILE),
-            col("close_s", "close() took", "s", VOLATILE),
+            col("close_ms", "close() took", "ms", VOLATILE),
             col("close_result", "close()"),
             col("state_after", "closer's state after"),
             col("peer_read_b", "peer read afterwards", "B", VOLATILE),
@@ -161,7 +173,7 @@ def table(report: Report, rows: list[Leftover]) -> None:
             r.case,
             r.queued_b,
             r.unsent_b,
-            r.close_s,
+            r.close_ms,
             r.close_result,
             r.state_after,
             r.peer_read_b,
@@ -172,19 +184,23 @@ def table(report: Report, rows: list[Leftover]) -> None:
 def findings(report: Report, rows: list[Leftover]) -> None:
     by = {r.case: r for r in rows}
     o, a, s = by.get("orphan_unsent"), by.get("linger_acked"), by.get("linger_stalled")
-    if o is not None and isinstance(o.close_s, float):
+    if o is not None and isinstance(o.close_ms, float):
         report.findings.append(
             f"close() with {o.unsent_b} B not yet acknowledged returned after "
-            f"{o.close_s * 1000:.2f} ms and left an orphan in {o.state_after}; the peer then "
+            f"{o.close_ms:.2g} ms and left an orphan in {o.state_after}; the peer then "
             f"read {o.peer_read_b} of the {o.queued_b} B queued, then {o.peer_end}: the "
             "kernel finished the sending after the program had let go."
         )
-    if a is not None and s is not None and isinstance(a.close_s, float):
+    if a is not None and s is not None and isinstance(a.close_ms, float):
         report.findings.append(
             f"SO_LINGER {{1, {LINGER_S} s}}: with room at the peer, close() returned after "
-            f"{a.close_s * 1000:.1f} ms (the peer's TCP had acknowledged {a.queued_b} B and "
+            f"{a.close_ms:.3g} ms (the peer's TCP had acknowledged {a.queued_b} B and "
             f"the FIN; its application read them only afterwards); with the peer's window "
-            f"full it blocked {s.close_s} s and {s.close_result} with no error, leaving "
+            f"full it blocked {_s(s.close_ms)} and {s.close_result} with no error, leaving "
             f"{s.state_after}, and the peer still read {s.peer_read_b} of {s.queued_b} B "
             f"then {s.peer_end}."
         )
+
+
+def _s(ms: Cell) -> str:
+    return f"{ms / 1000:.3f} s" if isinstance(ms, float) else str(ms)

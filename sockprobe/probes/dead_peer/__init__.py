@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from sockprobe import kernel
 from sockprobe.kernel import retries, rules
-from sockprobe.lab import Lab
+from sockprobe.lab import Lab, cannot_run
 from sockprobe.probes import Stopwatch, plural
 from sockprobe.probes.dead_peer import connect, idle, unacked, zero_window
 from sockprobe.probes.dead_peer._case import BLOCKED, PAYLOAD, Outcome, run_all
@@ -57,9 +57,16 @@ def run(params: Params) -> Report:
         *zero_window.cases(params),
         *connect.cases(params),
     ]
-    with Lab(host, deadline) as lab:
-        out = run_all(lab, all_cases, params)
-        report.endpoints = list(lab.endpoints)
+    try:
+        with Lab(host, deadline) as lab:
+            out = run_all(lab, all_cases, params)
+            report.endpoints = list(lab.endpoints)
+    except OSError as exc:
+        # A loopback that cannot connect (lo down, no descriptors) is not a result.
+        reason = cannot_run(exc, host)
+        if reason is None:
+            raise
+        raise reason from None
     # Both budgets on unacknowledged data count from the timer's first retransmission
     # (retrans_stamp): the predictions need when it left and the RTO it started from.
     none, uut = out["unacked_none"], out["unacked_user_timeout"]
@@ -85,7 +92,7 @@ def run(params: Params) -> Report:
     connect.report_on(report, out, params)
     _chart(report, [out[c.id] for c in all_cases])
     _findings(report, out, params, retries2, give, rto_max)
-    _notes(report)
+    _notes(report, rto_max)
     report.duration_s = watch()
     return report
 
@@ -182,15 +189,19 @@ def _findings(
         )
         if give is not None and unone.first_rto_ms and unone.first_retrans_s is not None:
             expected = retries.retransmissions_by(
-                unone.elapsed_s * 1000, unone.first_rto_ms, unone.first_retrans_s * 1000, rto_max
+                unone.elapsed_s * 1000,
+                retries2 if retries2 is not None else 15,
+                unone.first_rto_ms,
+                unone.first_retrans_s * 1000,
+                rto_max,
             )
             text += (
                 f"; from rto {unone.first_rto_ms:g} ms and the first timer retransmission at "
                 f"{_s(unone.first_retrans_s)} the backoff schedule predicts {expected} by then. "
                 f"By the kernel's rule tcp_retries2 {retries2} is a budget of "
                 f"{give.budget_ms / 1000:g} s counted from that first retransmission, and the "
-                f"abort comes at the first timer after it: ETIMEDOUT {outcome} (computed, not "
-                "waited for)"
+                f"abort comes at the first timer after it (computed, not waited for): "
+                f"ETIMEDOUT {outcome}"
             )
         f.append(text + ".")
     if _blocked(znone) and zka.na is None:
@@ -222,7 +233,7 @@ def _findings(
     if _ended(con):
         tail = ""
         if syn_retries is not None:
-            syn = retries.syn_give_up(syn_retries, linear)
+            syn = retries.syn_give_up(syn_retries, linear, rto_max)
             tail = (
                 f" instead of the {syn.abort_ms / 1000:g} s that tcp_syn_retries {syn_retries}"
                 + (f" with tcp_syn_linear_timeouts {linear}" if linear else "")
@@ -250,8 +261,8 @@ def _findings(
             f"dead idle peer after tcp_keepalive_time {kt} + tcp_keepalive_intvl {ki} x "
             f"tcp_keepalive_probes {kp} = {total:g} s ({_minutes(total)})"
             + (
-                f"; unacknowledged data is given up {outcome} (tcp_retries2 {retries2}; both "
-                "computed by the kernel's rules)."
+                f"; unacknowledged data (tcp_retries2 {retries2}) is given up {outcome}; both "
+                "computed by the kernel's rules."
                 if outcome is not None
                 else "."
             )
@@ -272,7 +283,7 @@ def _findings(
         )
 
 
-def _notes(report: Report) -> None:
+def _notes(report: Report, rto_max: int) -> None:
     report.notes.extend(
         [
             "The silent peer is a real socket whose kernel drops every packet for it: a "
@@ -282,11 +293,20 @@ def _notes(report: Report) -> None:
             "Keepalive (tcp_keepalive_timer(), net/ipv4/tcp_timer.c) probes after TCP_KEEPIDLE "
             "of silence, then every TCP_KEEPINTVL, and aborts when TCP_KEEPCNT probes went "
             "unanswered; it does nothing while data is in flight or queued.",
+            # tcp_timer.c retransmits_timed_out(): start_ts = tp->retrans_stamp, which
+            # tcp_retransmit_skb() sets when the first timer retransmission leaves (the
+            # netns runs with tcp_retries2 2 and 3 abort where that start predicts).
             "tcp_retries2 is a time budget, not a count: retransmits_timed_out() compares the "
-            "age of the oldest unacknowledged data with tcp_model_timeout(tcp_retries2, "
-            "TCP_RTO_MIN 200 ms), exponential backoff capped at the maximum RTO (120 s, "
-            "net.ipv4.tcp_rto_max_ms on 6.15+), whatever this connection's own RTO is. "
-            "TCP_USER_TIMEOUT replaces that budget (tcp(7)).",
+            "time since the timer's first retransmission (retrans_stamp) with "
+            "tcp_model_timeout(tcp_retries2, TCP_RTO_MIN 200 ms), exponential backoff capped "
+            f"at the maximum RTO ({rto_max / 1000:g} s here"
+            + (
+                ", net.ipv4.tcp_rto_max_ms"
+                if kernel.sysctl_int("net.ipv4.tcp_rto_max_ms")
+                else ", TCP_RTO_MAX: no tcp_rto_max_ms on this kernel"
+            )
+            + "), whatever this connection's own RTO is. TCP_USER_TIMEOUT replaces that "
+            "budget (tcp(7)).",
             "A zero-window peer that answers window probes is kept forever by RFC 1122 "
             "4.2.2.17 unless TCP_USER_TIMEOUT is set (tcp_probe_timer() checks it from the "
             "first probe) or the socket is orphaned.",

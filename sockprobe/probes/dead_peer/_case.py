@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sockprobe.kernel import deadpeer, sockstate
-from sockprobe.lab import Lab
+from sockprobe.lab import CANNOT_CONNECT, Lab
 from sockprobe.probes._outcome import attempt
 from sockprobe.probes.dead_peer.params import Params
 from sockprobe.report import NA, VOLATILE, Cell, Column, Report, Table, col
@@ -91,6 +91,10 @@ def run_case(lab: Lab, case: Case, p: Params) -> Outcome:
     try:
         armed = case.setup(lab, p)
     except OSError as exc:
+        if exc.errno in CANNOT_CONNECT:
+            # No loopback connection (lo down, no descriptor): not a case result; run()
+            # turns it into the cannot-run error (exit 3) naming the cause.
+            raise
         # An option the platform lacks (ENOPROTOOPT off Linux, EINVAL on an old kernel).
         out.na = f"could not arm the case: {exc}"
         return out
@@ -150,6 +154,10 @@ def _run(lab: Lab, case: Case, p: Params, armed: Armed, out: Outcome) -> Outcome
     if w.error is not None:
         raise w.error
     a, ended_at = w.result
+    if isinstance(a.error, OSError) and a.error.errno in CANNOT_CONNECT:
+        # ENETUNREACH, EADDRNOTAVAIL...: the call never reached the silent peer, so no
+        # timer of this case ran; the probe cannot run here (exit 3), it found nothing.
+        raise a.error
     if out.result != BLOCKED:
         out.ended = True
         out.elapsed_s = ended_at - armed.t0

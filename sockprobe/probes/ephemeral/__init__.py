@@ -20,7 +20,7 @@ import ipaddress
 
 from sockprobe import kernel
 from sockprobe.kernel import ephemeral
-from sockprobe.lab import Lab
+from sockprobe.lab import Lab, cannot_run
 from sockprobe.probes import Stopwatch
 from sockprobe.probes.ephemeral import exhaust, host, parity, time_wait
 from sockprobe.probes.ephemeral._range import Ports
@@ -78,6 +78,16 @@ def run(params: Params) -> Report:
             raise Unsupported(
                 f"no free port in ip_local_port_range {lo}-{hi} for the probe's listeners ({exc})"
             ) from None
+        # One loopback connection first: if none can be made (lo down: ENETUNREACH; no
+        # descriptor: EMFILE), every count below would be 0 for a reason that is not
+        # the port range, and the probe names that cause instead (exit 3).
+        try:
+            lab.close_abortively(*lab.tcp_pair(name="preflight"))
+        except OSError as exc:
+            reason = cannot_run(exc, h)
+            if reason is None:
+                raise
+            raise reason from None
         try:
             snapshot = ephemeral.all_tcp()
         except OSError as exc:

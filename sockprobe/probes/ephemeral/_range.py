@@ -12,12 +12,13 @@ in its block, so a foreign socket can only make a count smaller, never invent on
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
 from dataclasses import dataclass, field
 
 from sockprobe.kernel import ephemeral, sockstate
-from sockprobe.lab import Lab
+from sockprobe.lab import Lab, cannot_run
 from sockprobe.report import NA
 from sockprobe.status import oserror_name
 
@@ -99,3 +100,13 @@ def abort_all(lab: Lab, socks: list[socket.socket]) -> None:
 def in_block(s: socket.socket, block: tuple[int, int]) -> bool:
     port = s.getsockname()[1]
     return block[0] <= int(port) <= block[1]
+
+
+def out_of_descriptors(lab: Lab, exc: OSError) -> None:
+    """Raise the cannot-run error (exit 3) for EMFILE/ENFILE: with no descriptor left the
+    experiment's counts would describe RLIMIT_NOFILE, not the port range. Any other
+    error stays the caller's (an option this kernel lacks makes its rows n/a)."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        reason = cannot_run(exc, lab.host)
+        if reason is not None:
+            raise reason from None

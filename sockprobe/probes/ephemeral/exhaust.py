@@ -18,7 +18,15 @@ from dataclasses import dataclass
 
 from sockprobe.kernel import ephemeral
 from sockprobe.lab import Lab
-from sockprobe.probes.ephemeral._range import Ports, abort_all, bind0, client, connect, in_block
+from sockprobe.probes.ephemeral._range import (
+    Ports,
+    abort_all,
+    bind0,
+    client,
+    connect,
+    in_block,
+    out_of_descriptors,
+)
 from sockprobe.report import NA, Cell, Report, col
 
 METHODS = {
@@ -92,6 +100,7 @@ def measure(
             f2, _ = _fill(lab, method, block, second, "second", n, used, live)
         except OSError as exc:
             abort_all(lab, live)
+            out_of_descriptors(lab, exc)
             return NA(f"{METHODS[method]}: {exc}")
         abort_all(lab, live)
         out += [f1, f2]

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sockprobe import kernel
 from sockprobe.kernel import owners as owners_mod
 from sockprobe.kernel.sockdiag import DiagSocket
 from sockprobe.lab import fmt_addr
@@ -199,10 +200,12 @@ def report_on(report: Report, u: Usage | NA, top: int) -> None:
     if u.dests:
         d = u.dests[0]
         f.append(
-            f"The busiest destination, {d.remote}, holds {d.total} ports ({d.established} "
-            f"established, {d.time_wait} TIME_WAIT), {u.share_pct(d.total):g}% of the range: "
-            "connect() to it fails with EADDRNOTAVAIL once it holds every port the range "
-            "has left after bound ports."
+            f"The busiest destination, {d.remote}, holds {plural(d.total, 'port')} "
+            f"({d.established} established, {d.time_wait} TIME_WAIT), "
+            f"{u.share_pct(d.total):g}% of the range: connect() to it fails with "
+            "EADDRNOTAVAIL once it holds every port the range has left after bound ports"
+            + (_tw_counts(kernel.sysctl_int("net.ipv4.tcp_tw_reuse")) if d.time_wait else "")
+            + "."
         )
     if u.listeners_in_range:
         f.append(
@@ -216,3 +219,20 @@ def report_on(report: Report, u: Usage | NA, top: int) -> None:
             f"{plural(h.sockets, 'socket')} toward {plural(h.destinations, 'destination')}"
             + (f"; {u.denied} processes could not be inspected (not root)." if u.denied else ".")
         )
+
+
+def _tw_counts(reuse: int | None) -> str:
+    """Whether the destination's TIME_WAIT 4-tuples count against it: connect()'s port
+    search (__inet_hash_connect() -> __inet_check_established()) may take one over only
+    when tcp_twsk_unique() (net/ipv4/tcp_ipv4.c) allows it: tcp_tw_reuse 1, or 2 with
+    loopback addresses, the old connection timestamped, older than tcp_tw_reuse_delay."""
+    aged = "timestamped ones older than tcp_tw_reuse_delay"
+    if reuse == 1:
+        how = aged
+    elif reuse == 2:
+        how = f"{aged}, on loopback only"
+    elif reuse == 0:
+        how = "never"
+    else:
+        return ""
+    return f"; TIME_WAIT ones count unless connect() takes them over (tcp_tw_reuse {reuse}: {how})"

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from sockprobe.kernel import ephemeral
 from sockprobe.lab import Lab
-from sockprobe.probes.ephemeral._range import Ports, abort_all, bind0, client, connect
+from sockprobe.probes.ephemeral._range import (
+    Ports,
+    abort_all,
+    bind0,
+    client,
+    connect,
+    out_of_descriptors,
+)
 from sockprobe.report import NA, VOLATILE, Report, col
 
 ALLOCATORS = {
@@ -85,6 +92,7 @@ def measure(lab: Lab, ports: Ports, k: int, dest: socket.socket) -> list[Count]:
         try:
             out.append(_one(lab, a, k, dest, block))
         except OSError as exc:
+            out_of_descriptors(lab, exc)
             out.append(Count(a, 0, 0, 0, NA(f"{ALLOCATORS[a]}: {exc}")))
     return out
 

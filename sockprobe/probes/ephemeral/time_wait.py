@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from sockprobe import kernel
 from sockprobe.kernel import sockdiag
 from sockprobe.lab import Lab
-from sockprobe.probes.ephemeral._range import Ports, abort_all, client, connect
+from sockprobe.probes.ephemeral._range import Ports, abort_all, client, connect, out_of_descriptors
 from sockprobe.report import NA, VOLATILE, Report, col
 from sockprobe.status import oserror_name
 
@@ -155,6 +155,7 @@ def start(lab: Lab, ports: Ports, n: int, listener: socket.socket, other: socket
             lab.close(s)
         r.tw_ports = _time_waits(lab, block, n)
     except OSError as exc:
+        out_of_descriptors(lab, exc)
         r.na = NA(f"could not leave TIME_WAIT in the range: {exc}")
         return r
     r.since = time.monotonic()

@@ -3,6 +3,7 @@ watcher (sock_diag, else /proc/net/tcp), and waiting for a close to settle."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -13,8 +14,9 @@ from dataclasses import dataclass, field
 from sockprobe import kernel
 from sockprobe.kernel import sockdiag
 from sockprobe.kernel.timewait import missing_sysctl_reason
-from sockprobe.lab import Deadline, Host, Lab
+from sockprobe.lab import Address, Deadline, Host, Lab, ephemeral_exhausted_text
 from sockprobe.report import NA, Cell
+from sockprobe.status import Unsupported
 
 SYSCTLS = (
     "net.ipv4.tcp_fin_timeout",
@@ -232,7 +234,7 @@ def connected(
     if configure_client:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if bind_client:
-        client.bind(ctx.host.sockaddr(0))
+        bind_any_port(client, ctx.host.sockaddr(0), ctx.host)
     client.settimeout(dl.timeout(5.0, "connecting"))
     client.connect(listener.getsockname())
     listener.settimeout(dl.timeout(5.0, "accepting"))
@@ -262,3 +264,15 @@ def set_opt(sock: socket.socket, option: int, on: bool) -> None:
 
 def yn(v: bool) -> str:
     return "yes" if v else "no"
+
+
+def bind_any_port(sock: socket.socket, addr: Address, host: Host) -> None:
+    """bind() to port 0. EADDRINUSE there means inet_csk_find_open_port() found no free
+    port in ip_local_port_range: the host's state, not a result of the probe (exit 3
+    naming the range)."""
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise Unsupported(ephemeral_exhausted_text(host)) from None
+        raise

@@ -298,8 +298,12 @@ def findings(report: Report, cases: list[Case]) -> None:
     if rst is not None and isinstance(rst.tw_before, int) and rst.tw_before:
         report.findings.append(
             f"An RST in the window of a server-side TIME_WAIT ({rst.setting}): TIME_WAIT "
-            f"{rst.tw_before} before, {rst.tw_server} after; the new client's connect "
-            f"gave {rst.result}."
+            f"{rst.tw_before} before, {rst.tw_server} after; the new client's connect() "
+            + (
+                f"was {rst.result}."
+                if str(rst.result).startswith("still")
+                else f"gave {rst.result}."
+            )
         )
     syn = by.get("syn_reopens")
     if syn is not None and isinstance(syn.tw_before, int) and syn.tw_before:

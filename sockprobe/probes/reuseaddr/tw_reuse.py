@@ -281,10 +281,19 @@ def findings(report: Report, tw: TwReuse, s: Settings) -> None:
                 f"no TIME_WAIT held it ({no_tw_reason(s.max_tw_buckets)})."
             )
         else:
+            # The why names only what this row measured: a takeover shows that
+            # tcp_tw_reuse did not gate it; a refusal with an untimestamped old
+            # connection shows tcp_twsk_unique()'s timestamp condition.
+            takes, why = bind_connect_takeover(a.timestamps is True)
+            if a.result == "ok" and takes:
+                tail = ": tcp_tw_reuse does not gate an explicitly bound port"
+            elif a.result != "ok" and not takes:
+                tail = f": {why}"
+            else:
+                tail = ""
             report.findings.append(
                 f"bind() + connect() from a port whose TIME_WAIT to the same server was "
                 f"{a.after_s} s old gave {a.result} with tcp_tw_reuse = {s.tw_reuse} "
                 f"(old connection used timestamps: {'yes' if a.timestamps is True else 'no'}; "
-                f"TIME_WAIT after: {a.tw_after}): "
-                "tcp_tw_reuse does not gate an explicitly bound port."
+                f"TIME_WAIT after: {a.tw_after}){tail}."
             )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sockprobe.kernel import sockdiag
 from sockprobe.lab import Lab
-from sockprobe.probes.reuseaddr.common import Ctx, Settings, inode, setting_cell
+from sockprobe.probes.reuseaddr.common import Ctx, Settings, bind_any_port, inode, setting_cell
 from sockprobe.report import NA, Cell, Report, col
 from sockprobe.status import oserror_name
 
@@ -37,7 +37,7 @@ def _dual_stack_free_port(lab: Lab) -> int:
     pick = lab.open_socket(family=socket.AF_INET6)
     try:
         pick.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        pick.bind(("::", 0))
+        bind_any_port(pick, ("::", 0), lab.host)
         return int(pick.getsockname()[1])
     finally:
         lab.close(pick)

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sockprobe.probes.reuseaddr.common import Ctx
+from sockprobe.probes.reuseaddr.common import Ctx, bind_any_port
 from sockprobe.report import NA, Cell, Report, col
 from sockprobe.status import oserror_name
 
@@ -48,7 +48,7 @@ def _free_port(ctx: Ctx) -> int:
     """A port free on the wildcard (so on every address of the family)."""
     s = ctx.lab.open_socket()
     try:
-        s.bind((ctx.host.wildcard, 0))
+        bind_any_port(s, (ctx.host.wildcard, 0), ctx.host)
         return int(s.getsockname()[1])
     finally:
         ctx.lab.close(s)
@@ -97,7 +97,7 @@ def table(report: Report, rows: list[WildRow]) -> None:
             col("bind_second", "second bind"),
             col("listen_specific", "listen() specific"),
             col("listen_wildcard", "then listen() wildcard"),
-            col("bind_third", "then a third bind"),
+            col("bind_third", "then a 3rd socket binds specific"),
         ],
         keys=["order", "reuseaddr"],
     )
@@ -123,8 +123,15 @@ def findings(report: Report, rows: list[WildRow], address: str, wildcard: str) -
         report.findings.append(
             f"{address} and {wildcard} on one port, SO_REUSEADDR on both: the two binds gave "
             f"{' and '.join(binds)} in either order; listen() on {address} then on "
-            f"{wildcard} gave {' and '.join(listens)}; a third bind then gave "
-            f"{'/'.join(thirds)}."
+            f"{wildcard} gave {' and '.join(listens)}; a third socket's bind to {address} "
+            f"(SO_REUSEADDR set) then gave {'/'.join(thirds)}"
+            # inet_bind_conflict(): SO_REUSEADDR on both never shares with a TCP_LISTEN
+            # socket; the wildcard one, bound but refused listen(), is no conflict.
+            + (
+                f", refused by the {address} listener."
+                if thirds == ["EADDRINUSE"] and listens == ["ok, then EADDRINUSE"]
+                else "."
+            )
         )
     for r in plain:
         report.findings.append(
