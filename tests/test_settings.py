@@ -1102,3 +1102,14 @@ def test_lo_down_exits_3_naming_the_cause_and_no_measure_still_reads() -> None:
     code, doc, err = runner.sockprobe_json("kernel", "--no-measure", lo_up=False, timeout=60)
     assert code == 0 and doc is not None, err
     assert any(t["id"] == "settings" and t["rows"] for t in doc["tables"])
+
+
+def test_timer_slack_follows_the_timer_wheel_levels() -> None:
+    # kernel/time/timer.c: a 120 s timeout sits in level 4 at HZ=1000 (4,096-jiffy
+    # granularity, 4.1 s), in level 4 at HZ=300 (13.7 s), level 3 at HZ=100 (5.12 s).
+    assert rules.timer_slack(120) == pytest.approx(4097 / 300)
+    # 200 ms: level 1 at HZ=1000 (8 ms), level 0 at HZ=100 (a jiffy and a half).
+    assert rules.timer_slack(0.2) == pytest.approx(0.02)
+    # Never early, never more than 1/8 of the timeout plus a jiffy at HZ=100.
+    for t in (0.2, 1.0, 3.2, 51.2, 120.0):
+        assert 0 < rules.timer_slack(t) <= t * (rules.LATE_MAX - 1) + 0.02
