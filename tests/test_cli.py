@@ -402,3 +402,8 @@ def test_out_of_descriptors_is_exit_3_naming_the_limit():
     )
     assert r.returncode == 3, r.stderr
     assert "RLIMIT_NOFILE" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_kernel_follow_needs_measure():
+    code, out, err = run("kernel", "--no-measure", "--follow-fin-wait2")
+    assert code == 2 and out == "" and "--no-measure" in err

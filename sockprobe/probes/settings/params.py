@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sockprobe.options import option
-from sockprobe.probes import ProbeParams
+from sockprobe.probes import ProbeParams, require
 
 
 @dataclass(frozen=True)
@@ -23,3 +23,10 @@ class Params(ProbeParams):
         "--deadline to match).",
         flag="--follow-fin-wait2",
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.measure or not self.follow,
+            "--follow-fin-wait2 measures a timer: it does not go with --no-measure",
+        )
