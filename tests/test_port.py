@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -276,11 +277,13 @@ def test_listener_is_named_with_pid_argv_user_and_age(holder):
     assert proc["ppid"] == os.getpid() and proc["user"] == processes.user_name(os.geteuid())
     assert 0 <= proc["age_s"] < 600
     # The cell is argv shell-quoted and shortened to fit; the JSON keeps it whole.
-    assert proc["command"].startswith(f"{sys.executable} -c 'import os;")
-    assert len(proc["command"]) <= 60 and proc["command"].endswith("...")
+    argv = Path(f"/proc/{h.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    quoted = shlex.join(a.decode() for a in argv)
+    cell = proc["command"]
+    assert len(cell) <= 60 and cell.endswith("...") and quoted.startswith(cell[:-3]), cell
+    assert cell.startswith(shlex.quote(sys.executable)[:20])  # however long the path is
     # JSON: argv whole (the -c loader included, unquoted), pids as integers.
     (held,) = [x for x in r.data["holders"] if x["state"] == "LISTEN"]
-    argv = Path(f"/proc/{h.pid}/cmdline").read_bytes().split(b"\0")[:-1]
     assert held["argv"] == [[a.decode() for a in argv]] and held["pids"] == [h.pid]
     assert r.data["free"] == {"plain": False, "reuseaddr": False}
     assert f"pid {h.pid}" in r.report.summary
