@@ -41,7 +41,7 @@ from sockprobe.probes.backlog.admission import Plan, Row
 from sockprobe.probes.backlog.clients import require_ports
 from sockprobe.probes.backlog.params import DEFAULT_BACKLOGS, EXTRA, SYSCTLS, Params
 from sockprobe.report import Report, environment, params_dict
-from sockprobe.status import Unsupported
+from sockprobe.status import Unsupported, oserror_text
 
 __all__ = ["DEFAULT_BACKLOGS", "EXTRA", "SYSCTLS", "Params", "run"]
 
@@ -111,6 +111,7 @@ def run(params: Params) -> Report:
     lim = raise_nofile(in_use + max(p.connects + FD_HEADROOM for p in plans))
     rows: list[Row] = []
     waits: list[retries.Retry] = []
+    refused: list[tuple[str, OSError]] = []
     paths: list[overflow.PathResult] = []
     gave: give_up.GiveUp | None = None
     conns: list[cookies.Connection] = []
@@ -142,18 +143,30 @@ def run(params: Params) -> Report:
             with Lab(host, deadline) as lab:
                 synq = synqueue.measure(lab, min(somaxconn or 128, 4096), max_syn)
                 report.endpoints.extend(lab.endpoints)
+        # The experiments below hold packets back with a socket filter (kernel/
+        # synfilter.py); a kernel that refuses it for this user (EPERM, seen as an
+        # unprivileged user) skips that experiment, named, and the rest runs.
         if params.cookies and kernel.IS_LINUX:
-            with Lab(host, deadline) as lab:
-                conns = cookies.measure(lab, 1 if syncookies is None else syncookies)
-                report.endpoints.extend(lab.endpoints)
+            try:
+                with Lab(host, deadline) as lab:
+                    conns = cookies.measure(lab, 1 if syncookies is None else syncookies)
+                    report.endpoints.extend(lab.endpoints)
+            except PermissionError as exc:
+                refused.append(("the SYN cookie comparison", exc))
         if params.defer and kernel.IS_LINUX:
-            with Lab(host, deadline) as lab:
-                deferred = defer.measure(lab, params.defer_wait)
-                report.endpoints.extend(lab.endpoints)
+            try:
+                with Lab(host, deadline) as lab:
+                    deferred = defer.measure(lab, params.defer_wait)
+                    report.endpoints.extend(lab.endpoints)
+            except PermissionError as exc:
+                refused.append(("TCP_DEFER_ACCEPT", exc))
         if params.synack_retries and kernel.IS_LINUX:
-            with Lab(host, deadline) as lab:
-                resent = synack.measure(lab, params.synack_retries)
-                report.endpoints.extend(lab.endpoints)
+            try:
+                with Lab(host, deadline) as lab:
+                    resent = synack.measure(lab, params.synack_retries)
+                    report.endpoints.extend(lab.endpoints)
+            except PermissionError as exc:
+                refused.append(("the SYN-ACK resends", exc))
         if params.syncnt:
             with Lab(host, deadline) as lab:
                 linear = kernel.sysctl_int("net.ipv4.tcp_syn_linear_timeouts")
@@ -194,6 +207,11 @@ def run(params: Params) -> Report:
         report.findings.append(synack.finding(resent))
     if gave is not None:
         report.findings.append(give_up.finding(gave))
+    for what, err in refused:
+        report.findings.append(
+            f"{what[:1].upper()}{what[1:]} could not be measured here: the kernel refused the "
+            f"socket filter it needs for this user ({oserror_text(err)})."
+        )
     _fd_text(report, lim, plans)
     report.summary = admission.summary(rows)
     _notes(report)

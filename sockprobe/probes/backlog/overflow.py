@@ -42,6 +42,7 @@ from sockprobe.probes.backlog.clients import (
     until,
 )
 from sockprobe.report import CONTEXT, NA, Cell, Report, col
+from sockprobe.status import oserror_text
 
 #: After the listener counted the drop, how long to look for an RST at the client.
 RST_GRACE_S = 0.02
@@ -175,7 +176,23 @@ def _na(path: str, abort: int, reason: str) -> PathResult:
 def _held(
     lab: Lab, path: str, backlog: int, abort: int, syncookies: int, fillers: int
 ) -> PathResult:
-    """The two ACK paths: hold the client's final ACK, fill the queue, deliver it."""
+    """The two ACK paths: hold the client's final ACK, fill the queue, deliver it. A
+    kernel that refuses the holding socket filter for this user (EPERM seen as an
+    unprivileged user here) leaves the row n/a with that cause; the rest runs."""
+    try:
+        return _held_run(lab, path, backlog, abort, syncookies, fillers)
+    except PermissionError as exc:
+        return _na(
+            path,
+            abort,
+            f"the kernel refused the socket filter that holds the final ACK back "
+            f"({oserror_text(exc)})",
+        )
+
+
+def _held_run(
+    lab: Lab, path: str, backlog: int, abort: int, syncookies: int, fillers: int
+) -> PathResult:
     lst = lab.listener(backlog=backlog, role=f"overflow: {path} listener")
     addr = lst.getsockname()
     client = open_client(lab, bind=True)
