@@ -15,7 +15,9 @@ import subprocess
 from common import PYTHON, SOCKPROBE, Result, interleaved_medians
 
 TIMEOUTS_GOAL_S = 2.0
-CLOSE_GOAL_S = 1.0
+#: Issue 17: every probe under 2 s with defaults. close now includes the SO_LINGER
+#: {1, 1 s} case, which waits out its 1 s linger by design (close's leftovers table).
+CLOSE_GOAL_S = 2.0
 
 
 def _serial_vs_actual() -> tuple[float, float]:
