@@ -25,7 +25,7 @@ import dataclasses
 import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,11 +324,6 @@ class Comparison:
     @property
     def equal(self) -> bool:
         return not self.differences
-
-    def __iter__(self) -> Iterator[Any]:
-        """TRANSITIONAL: unpacks as `diffs, (exact, tolerant, skipped)`, the shape
-        compare() returned before, which some probes' tests still use."""
-        return iter((self.differences, (self.exact, self.tolerant, self.skipped)))
 
 
 def _number(v: Any) -> float | None:

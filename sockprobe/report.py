@@ -330,36 +330,3 @@ def environment(sysctls: dict[str, Cell] | None = None) -> dict[str, Any]:
     if na:
         env["sysctls_na"] = na
     return env
-
-
-def legacy_table(
-    report: Report,
-    title: str,
-    columns: list[str],
-    units: list[str] | None = None,
-    volatile: list[str] | None = None,
-    context: list[str] | None = None,
-) -> Table:
-    """TRANSITIONAL: the schema-1 call shape (labels, units, volatile, context), with
-    keys derived from the labels. Every probe moves to `Report.table` with stable ids
-    and keys; this function goes when the last one has."""
-    units = list(units or [""] * len(columns))
-    vol, ctx = set(volatile or []), set(context or [])
-    cols: list[Column] = []
-    seen: set[str] = set()
-    for label, unit in zip(columns, units):
-        key = _slug(label) or "col"
-        while key in seen:
-            key += "_"
-        seen.add(key)
-        kind: Kind = VOLATILE if label in vol else CONTEXT if label in ctx else EXACT
-        cols.append(Column(key, label, unit, kind))
-    tid = _slug(title)[:40].rstrip("_") or "table"
-    while any(t.id == tid for t in report.tables):
-        tid += "_"
-    return report.table(tid, title, cols)
-
-
-def _slug(text: str) -> str:
-    s = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-    return s if s and s[0].isalpha() else f"c_{s}" if s else ""

@@ -191,8 +191,8 @@ def test_two_runs_compare_equal_with_diff(report):
         d = json.loads(json.dumps(r.to_dict()))
         return {"settings": {}, "probes": {"framing": d}}
 
-    diffs, (exact, _, _) = compare(doc(report), doc(again))
-    assert diffs == [] and exact > 0
+    c = compare(doc(report), doc(again))
+    assert c.differences == [] and c.exact > 0
 
 
 def test_findings_and_summary_quote_measured_numbers(report):

@@ -188,8 +188,8 @@ def test_two_runs_compare_equal_with_diff(report: Report) -> None:
         d = json.loads(json.dumps(r.to_dict()))
         return {"settings": d["environment"]["sysctls"], "probes": {"kernel": d}}
 
-    diffs, (exact, _, _) = compare(doc(report), doc(again))
-    assert diffs == [] and exact > len(settings.NAMES)
+    c = compare(doc(report), doc(again))
+    assert c.differences == [] and c.exact > len(settings.NAMES)
 
 
 def test_reserved_port_list_counting() -> None:
