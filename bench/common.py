@@ -63,3 +63,31 @@ def interleaved_medians(commands: dict[str, Sequence[str]], runs: int = 15) -> d
         for name, argv in commands.items():
             times[name].append(run_once(argv))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def probe_goal(name: str, module: str, goal_s: float, runs: int = 3) -> list[Result]:
+    """A probe's own duration_s (in-process, median of 3) and the command's wall time
+    (process start included), each against `goal_s` seconds."""
+    import json
+
+    code = (
+        f"import json; from {module} import Params, run; print(json.dumps(run(Params()).to_dict()))"
+    )
+    inside = []
+    for _ in range(3):
+        out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+        inside.append(float(json.loads(out.stdout)["duration_s"]))
+    probe = statistics.median(inside)
+    wall = interleaved_medians({name: [SOCKPROBE, name]}, runs=runs)[name]
+    return [
+        Result(
+            f"{name} probe duration_s (in-process)", probe, "s", f"< {goal_s:g} s", probe < goal_s
+        ),
+        Result(
+            f"sockprobe {name} (defaults, process start included)",
+            wall,
+            "s",
+            f"< {goal_s:g} s",
+            wall < goal_s,
+        ),
+    ]
