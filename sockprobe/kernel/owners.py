@@ -128,7 +128,7 @@ def find_owners(
     return found
 
 
-def _read(path: str) -> bytes | None:
+def read_file(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -139,15 +139,15 @@ def _read(path: str) -> bytes | None:
 def process_info(pid: int, proc: str = "/proc") -> Process | None:
     """Name, command line, user and age of one process; None if it has exited."""
     base = f"{proc}/{pid}"
-    comm = _read(f"{base}/comm")
+    comm = read_file(f"{base}/comm")
     if comm is None:
         return None
-    raw_cmd = _read(f"{base}/cmdline") or b""
+    raw_cmd = read_file(f"{base}/cmdline") or b""
     cmdline = (
         raw_cmd.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace").translate(_CONTROL)
     )
     uid: int | None = None
-    status = _read(f"{base}/status") or b""
+    status = read_file(f"{base}/status") or b""
     for line in status.splitlines():
         if line.startswith(b"Uid:"):
             parts = line.split()
@@ -160,19 +160,19 @@ def process_info(pid: int, proc: str = "/proc") -> Process | None:
         cmdline=cmdline,
         uid=uid,
         user=user_name(uid),
-        age_s=_age(base, proc),
+        age_s=process_age(base, proc),
     )
 
 
-def _age(base: str, proc: str) -> float | None:
+def process_age(base: str, proc: str) -> float | None:
     """Seconds since the process started.
 
     /proc/PID/stat field 22 is the start time in clock ticks after boot; the command
     name (field 2) may contain spaces and parentheses, so the fields are counted from
     the last ')'. The fields after it start at field 3, so field 22 is index 19.
     """
-    stat = _read(f"{base}/stat")
-    uptime = _read(f"{proc}/uptime")
+    stat = read_file(f"{base}/stat")
+    uptime = read_file(f"{proc}/uptime")
     if stat is None or uptime is None:
         return None
     try:

@@ -23,12 +23,12 @@ means it exited under us, and is skipped.
 from __future__ import annotations
 
 import os
-import pwd
 import shlex
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
+from sockprobe.kernel.owners import process_age, read_file
+from sockprobe.kernel.owners import user_name as user_name  # re-exported for port modules
 
 
 class Proc(NamedTuple):
@@ -102,15 +102,6 @@ class Holders:
                 "users cannot be read (EACCES); run as root"
             )
         return None
-
-
-def user_name(uid: int | None) -> str:
-    if uid is None:
-        return "?"
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:  # a uid with no passwd entry (containers, deleted users)
-        return str(uid)
 
 
 _HIDEPID = {
@@ -194,25 +185,17 @@ def find_holders(
     return found
 
 
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def process_info(pid: int, proc: str = "/proc") -> Proc | None:
     """Name, parent, argv, user and age of one process; None if it has exited."""
     base = f"{proc}/{pid}"
-    comm = _read(f"{base}/comm")
+    comm = read_file(f"{base}/comm")
     if comm is None:
         return None
-    raw = _read(f"{base}/cmdline") or b""
+    raw = read_file(f"{base}/cmdline") or b""
     argv = tuple(a.decode(errors="replace") for a in raw.split(b"\0")[:-1]) if raw else ()
     uid: int | None = None
     ppid: int | None = None
-    for line in (_read(f"{base}/status") or b"").splitlines():
+    for line in (read_file(f"{base}/status") or b"").splitlines():
         if line.startswith(b"Uid:"):
             parts = line.split()
             if len(parts) >= 3:
@@ -226,23 +209,8 @@ def process_info(pid: int, proc: str = "/proc") -> Proc | None:
         argv=argv,
         uid=uid,
         user=user_name(uid),
-        age_s=_age(base, proc),
+        age_s=process_age(base, proc),
     )
-
-
-def _age(base: str, proc: str) -> float | None:
-    """Seconds since the process started. /proc/PID/stat field 22 is the start time in
-    clock ticks after boot; the command name (field 2) may hold spaces and parentheses,
-    so fields are counted from the last ')': field 3 is index 0, field 22 index 19."""
-    stat = _read(f"{base}/stat")
-    uptime = _read(f"{proc}/uptime")
-    if stat is None or uptime is None:
-        return None
-    try:
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        return max(0.0, float(uptime.split()[0]) - int(fields[19]) / _CLK_TCK)
-    except (ValueError, IndexError):
-        return None
 
 
 def relation(proc: Proc, others: dict[int, Proc]) -> str:
